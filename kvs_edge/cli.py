@@ -1,0 +1,93 @@
+"""The `kvs-edge` command: argument parsing only; each subcommand lives in kvs_edge/commands/<name>.py.
+
+Exit codes shared by all subcommands:
+  0  success
+  1  a runtime failure (network, service, a thread that died): systemd may restart
+  2  unusable input or a bad command line / configuration given to a one-shot command
+  78 (EX_CONFIG) `kvs-edge run` with an invalid configuration: listed in RestartPreventExitStatus
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from kvs_edge import __version__
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 78
+
+DEFAULT_CONFIG = "/etc/kvs-edge/config.yaml"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kvs-edge", description="Stream H.264 video to Amazon Kinesis Video Streams.")
+    p.add_argument("--version", action="version", version=f"kvs-edge {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("run", help="run the appliance (camera -> fragment log -> KVS) until SIGTERM")
+    s.add_argument("--config", default=DEFAULT_CONFIG, help=f"YAML configuration (default {DEFAULT_CONFIG})")
+
+    s = sub.add_parser("demo", help="stream a test pattern to an embedded local KVS emulator")
+    s.add_argument("--seconds", type=float, default=20.0, help="how long to stream (default 20)")
+    s.add_argument("--data-dir", default=None, help="where the emulator archives the video (default ./demo-data)")
+
+    s = sub.add_parser("emulator", help="run a local Kinesis Video Streams endpoint (control plane + PutMedia)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=4566)
+    s.add_argument("--data-dir", default="./kvs-emulator-data")
+    s.add_argument("--tls-cert", default=None)
+    s.add_argument("--tls-key", default=None)
+    s.add_argument("--access-key-id", default=None)
+    s.add_argument("--secret-access-key", default=None)
+    s.add_argument("--region", default="us-east-1")
+    s.add_argument("--persist-delay", type=float, default=None, help="seconds between RECEIVED and PERSISTED")
+    s.add_argument("--max-connection-seconds", type=float, default=None, help="ERROR 4003 after this (default 2700)")
+    s.add_argument("--list", metavar="STREAM", default=None, help="print the archive index of STREAM and exit")
+    s.add_argument("--fault", action="append", default=[], metavar="SPEC",
+                   help="inject a fault, e.g. drop-after-bytes=100000, error=5000@3, refuse=5, stall=10, rate=1000000")
+
+    s = sub.add_parser("mux", help="Annex B H.264 file -> the MKV session the uploader would send")
+    s.add_argument("input")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--fps", type=float, default=30.0)
+    s.add_argument("--start-ms", type=int, default=None, help="producer timestamp of the first frame, epoch ms")
+
+    s = sub.add_parser("upload", help="send a file (.h264, .mkv, .mp4) to KVS and wait until every fragment is PERSISTED")
+    s.add_argument("input")
+    s.add_argument("--config", default=None)
+    s.add_argument("--stream", default=None)
+    s.add_argument("--fps", type=float, default=None, help="frame rate of a raw .h264 file")
+
+    s = sub.add_parser("check-config", help="validate a configuration file (exit 0, or 2 with messages)")
+    s.add_argument("file", nargs="?", default=DEFAULT_CONFIG)
+
+    s = sub.add_parser("status", help="show the running service's state (non-zero exit when unhealthy)")
+    s.add_argument("--json", action="store_true")
+    s.add_argument("--file", default=None, help="status file (default: the service's)")
+
+    s = sub.add_parser("import-boot-config", help="apply kvs-edge.yaml from the boot partition (run by a oneshot unit)")
+    s.add_argument("--boot", action="append", default=None, help="boot partition folder(s) to look in")
+    s.add_argument("--target", default=DEFAULT_CONFIG)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return EXIT_USAGE
+    module = importlib.import_module(f"kvs_edge.commands.{args.command.replace('-', '_')}")
+    try:
+        return int(module.main(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""The unit a source hands to the pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One encoded picture.
+
+    data: one H.264 access unit in Annex B form (start codes), as an encoder emits it.
+    timestamp_ns: capture time on CLOCK_MONOTONIC, in nanoseconds.
+    key: True for an IDR access unit (a point where decoding can start).
+    """
+
+    data: bytes
+    timestamp_ns: int
+    key: bool
