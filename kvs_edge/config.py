@@ -1,0 +1,909 @@
+"""The YAML configuration: yaml.safe_load into frozen, typed dataclasses, validated with messages a user can act on.
+
+Every message reads "FILE: key.path: problem". All problems of a file are collected and raised together as one
+ConfigError. Secrets (aws.secret_access_key, aws.session_token) never appear in repr(), in messages or in redacted().
+
+Public API:
+    load_config(path) -> Config                       raises ConfigError
+    parse_config(data, source_name, base_dir=None) -> Config
+    redacted(cfg) -> dict                             effective settings for logs, secrets as "***"
+    config_warnings(cfg, path=None) -> list[str]      placeholders still in place, a world-readable file with keys
+    parse_size(text) -> int, parse_bitrate(text) -> int
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import re
+import stat
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+import yaml
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+# The value the shipped example (config/kvs-edge.yaml) puts where the user must fill in their own.
+PLACEHOLDER = "CHANGE-ME"
+
+SECRET_KEYS = frozenset({"secret_access_key", "session_token"})
+REDACTED = "***"
+MAX_FILE_BYTES = 1024 * 1024
+EMPTY = "the file is empty; it needs at least stream.name (see config/kvs-edge.yaml)"
+
+
+class ConfigError(ValueError):
+    """An unusable configuration. `.messages`: one line per problem, each "FILE: key.path: problem"."""
+
+    def __init__(self, messages: list[str]):
+        self.messages = list(messages)
+        super().__init__("\n".join(self.messages))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The settings. Attribute names are the YAML keys (docs/internals.md "config.py").
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    name: str
+    region: str = "us-east-1"
+    create: bool = False
+    retention_hours: int = 24
+    fragment_seconds: float = 2.0
+    kms_key_id: str | None = None
+
+
+@dataclass(frozen=True)
+class IotConfig:
+    endpoint: str
+    role_alias: str
+    thing_name: str
+    cert_file: str
+    key_file: str
+    ca_file: str | None = None
+
+
+@dataclass(frozen=True)
+class AwsConfig:
+    credentials: str = "default"
+    access_key_id: str | None = None
+    secret_access_key: str | None = field(default=None, repr=False)
+    session_token: str | None = field(default=None, repr=False)
+    profile: str | None = None
+    endpoint_url: str | None = None
+    ca_bundle: str | None = None
+    iot: IotConfig | None = None
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    type: str = "picamera"
+    uri: str | None = None
+    width: int = 1280
+    height: int = 720
+    fps: int | float = 30
+    bitrate: int = 4_000_000
+    profile: str = "high"
+    hflip: bool = False
+    vflip: bool = False
+    rotation: int = 0
+    tuning_file: str | None = None
+    camera_index: int = 0
+    loop: bool = False
+
+    def __repr__(self) -> str:  # an RTSP address may carry a camera password
+        parts = ", ".join(
+            f"{f.name}={(_safe_uri(v) if f.name == 'uri' else v)!r}"
+            for f in dataclasses.fields(self)
+            for v in [getattr(self, f.name)]
+        )
+        return f"SourceConfig({parts})"
+
+
+@dataclass(frozen=True)
+class BufferConfig:
+    path: str = "/var/lib/kvs-edge/buffer"
+    max_bytes: int = 1 * GiB
+    sync_seconds: float = 2.0
+
+
+@dataclass(frozen=True)
+class TimeConfig:
+    require_sync: bool = True
+
+
+@dataclass(frozen=True)
+class UploadConfig:
+    stale_seconds: float = 10.0
+    max_connection_minutes: int = 40
+    connect_timeout_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    status_file: str = "/var/lib/kvs-edge/status.json"
+    metrics_listen: str | None = None
+    stall_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    stream: StreamConfig
+    aws: AwsConfig = field(default_factory=AwsConfig)
+    source: SourceConfig = field(default_factory=SourceConfig)
+    buffer: BufferConfig = field(default_factory=BufferConfig)
+    time: TimeConfig = field(default_factory=TimeConfig)
+    upload: UploadConfig = field(default_factory=UploadConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+SECTIONS: dict[str, type] = {
+    "stream": StreamConfig,
+    "aws": AwsConfig,
+    "source": SourceConfig,
+    "buffer": BufferConfig,
+    "time": TimeConfig,
+    "upload": UploadConfig,
+    "health": HealthConfig,
+    "log": LogConfig,
+}
+SUBSECTIONS: dict[str, type] = {"aws.iot": IotConfig}
+
+
+def _keys(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+# Every valid key path except the sections themselves: "stream.name", ..., "aws.iot.endpoint", ...
+ALL_KEYS: list[str] = [f"{s}.{k}" for s, cls in SECTIONS.items() for k in _keys(cls)] + [
+    f"{s}.{k}" for s, cls in SUBSECTIONS.items() for k in _keys(cls)
+]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Units
+
+
+class _Problem(Exception):
+    """A value is unusable: args[0] is the problem, without the file and key path."""
+
+
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1024, "kib": 1024, "kb": 1000,
+    "m": 1024**2, "mib": 1024**2, "mb": 1000**2,
+    "g": 1024**3, "gib": 1024**3, "gb": 1000**3,
+    "t": 1024**4, "tib": 1024**4, "tb": 1000**4,
+}
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
+_RATE_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([kmg]?)\s*(bit/s|bits/s|bits|bit|bps|b/s|)\s*$", re.IGNORECASE)
+_RATE_PREFIX = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3}
+
+
+def parse_size(text: str | int) -> int:
+    """A byte count: 1073741824, "2GiB", "500MB", "512M", "1.5G". K/M/G/T and KiB/MiB/GiB/TiB are powers of 1024,
+    KB/MB/GB/TB powers of 1000 (as in systemd). Fractions of a byte are dropped. Raises ValueError."""
+    if isinstance(text, bool):
+        raise ValueError("expected a size")
+    if isinstance(text, int):
+        if text < 0:
+            raise ValueError("a size cannot be negative")
+        return text
+    m = _SIZE_RE.match(text)
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"not a size: {text!r}")
+    return int(Fraction(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def parse_bitrate(text: str | int) -> int:
+    """Bits per second: 4000000, "4M", "4Mbit", "4 Mbit/s", "800k", "800kbps" (powers of 1000). Raises ValueError,
+    also for byte units like "4MB" (a bitrate is in bits)."""
+    if isinstance(text, bool):
+        raise ValueError("expected a bitrate")
+    if isinstance(text, int):
+        if text < 0:
+            raise ValueError("a bitrate cannot be negative")
+        return text
+    m = _RATE_RE.match(text)
+    if not m:
+        raise ValueError(f"not a bitrate: {text!r}")
+    return int(Fraction(m.group(1)) * _RATE_PREFIX[m.group(2).lower()])
+
+
+def _format_rate(bits: int) -> str:
+    for unit, mult in (("M", 1000**2), ("k", 1000)):
+        if bits % mult == 0:
+            return f"{bits // mult}{unit}"
+    return str(bits)
+
+
+def _format_size(n: int) -> str:
+    for unit, mult in (("GiB", GiB), ("MiB", MiB), ("KiB", 1024)):
+        if n % mult == 0:
+            return f"{n // mult}{unit}"
+    return str(n)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Value parsers: (value, key) -> typed value, or raise _Problem. `key` is the full key path (for secrets).
+
+
+def _kind(v: Any) -> str:
+    if v is None:
+        return "nothing"
+    if isinstance(v, bool):
+        return "true/false"
+    if isinstance(v, (int, float)):
+        return "a number"
+    if isinstance(v, str):
+        return "text"
+    if isinstance(v, list):
+        return "a list"
+    if isinstance(v, dict):
+        return "a mapping"
+    return "a " + type(v).__name__
+
+
+def _show(v: Any, key: str = "") -> str:
+    """How a value the user wrote is echoed in a message: never a secret, never a password in a URL."""
+    if key.rsplit(".", 1)[-1] in SECRET_KEYS or isinstance(v, (list, dict)) or v is None:
+        return _kind(v)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    s = _safe_uri(str(v))
+    if _looks_secret(s):  # a secret key pasted on the wrong line
+        return "text that looks like a secret key (not shown)"
+    if len(s) > 60:
+        s = s[:57] + "..."
+    return repr(s)
+
+
+def _looks_secret(s: str) -> bool:
+    """Long base64-like text with upper and lower case letters and digits: an AWS secret key or session token."""
+    return (len(s) >= 30 and re.fullmatch(r"[A-Za-z0-9/+=]+", s) is not None
+            and any(c.isupper() for c in s) and any(c.islower() for c in s) and any(c.isdigit() for c in s))
+
+
+def _safe_uri(uri: str | None) -> str | None:
+    """rtsp://user:pass@host/x -> rtsp://user:***@host/x."""
+    if not uri or "@" not in uri or "://" not in uri:
+        return uri
+    scheme, rest = uri.split("://", 1)
+    userinfo, sep, hostpart = rest.partition("@")
+    if "/" in userinfo:  # the @ is in the path, not credentials
+        return uri
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:{REDACTED}@{hostpart}" if ":" in userinfo else uri
+
+
+def _text(v: Any, key: str) -> str:
+    if isinstance(v, str):
+        if not v.strip():
+            raise _Problem("is empty")
+        return v
+    secret = key.rsplit(".", 1)[-1] in SECRET_KEYS
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and not secret:
+        raise _Problem(f"expected text, got the number {v!r}; put it in quotes")
+    if isinstance(v, bool) and not secret:  # YAML reads a bare yes/no/on/off as true/false
+        raise _Problem(f"expected text, got {_show(v)}; put it in quotes")
+    raise _Problem(f"expected text, got {_kind(v) if secret else _show(v)}")
+
+
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def _bool(v: Any, key: str) -> bool:
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, str) and v.strip().lower() in _BOOL_WORDS:  # a quoted "false" means false
+        return _BOOL_WORDS[v.strip().lower()]
+    raise _Problem(f"expected true or false, got {_show(v)}")
+
+
+def _number(lo: float, hi: float, *, integer: bool = False, unit: str = "") -> Callable[[Any, str], Any]:
+    def parse(v: Any, key: str) -> Any:
+        raw = v
+        if isinstance(v, str):
+            try:
+                v = int(v.strip()) if re.fullmatch(r"\s*[-+]?\d+\s*", v) else float(v)
+            except ValueError:
+                raise _Problem(f"expected {'a whole number' if integer else 'a number'}, got {_show(raw)}") from None
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise _Problem(f"expected {'a whole number' if integer else 'a number'}, got {_show(raw)}")
+        if not math.isfinite(v):
+            raise _Problem(f"expected a number, got {_show(raw)}")
+        if integer:
+            if isinstance(v, float) and not v.is_integer():
+                raise _Problem(f"expected a whole number, got {_show(raw)}")
+            v = int(v)
+        if not lo <= v <= hi:
+            raise _Problem(f"{_num(v)} is out of range ({_num(lo)} to {_num(hi)}{unit})")
+        return v
+
+    return parse
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
+def _choice(*options: str) -> Callable[[Any, str], str]:
+    def parse(v: Any, key: str) -> str:
+        if not isinstance(v, str):
+            raise _Problem(f"expected one of {', '.join(options)}, got {_show(v)}")
+        low = v.strip().lower()
+        if low in options:
+            return low
+        close = difflib.get_close_matches(low, options, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise _Problem(f"{_show(v)} is not one of {', '.join(options)}{hint}")
+
+    return parse
+
+
+def _size(lo: int) -> Callable[[Any, str], int]:
+    def parse(v: Any, key: str) -> int:
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, (int, str)):
+            raise _Problem(f"expected a size like 2GiB, 500MB or 1073741824, got {_show(v)}")
+        try:
+            n = parse_size(v)
+        except ValueError:
+            raise _Problem(f"expected a size like 2GiB, 500MB or 1073741824, got {_show(v)}") from None
+        if n < lo:
+            raise _Problem(f"{v} is too small (at least {_format_size(lo)})")
+        return n
+
+    return parse
+
+
+def _bitrate(lo: int, hi: int) -> Callable[[Any, str], int]:
+    def parse(v: Any, key: str) -> int:
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, (int, str)):
+            raise _Problem(f"expected bits per second like 4000000, 4M or 800k, got {_show(v)}")
+        if isinstance(v, str) and re.search(r"\d\s*[kKmMgG]?B(ps|/s)?\s*$", v):
+            raise _Problem(f"{_show(v)} is in bytes; give bits per second, like 4M or 4Mbit")
+        try:
+            n = parse_bitrate(v)
+        except ValueError:
+            raise _Problem(f"expected bits per second like 4000000, 4M or 800k, got {_show(v)}") from None
+        if not lo <= n <= hi:
+            raise _Problem(f"{v} is out of range ({_format_rate(lo)} to {_format_rate(hi)} bits per second)")
+        return n
+
+    return parse
+
+
+def _even_size(v: Any, key: str) -> int:
+    n = _number(16, 4096, integer=True, unit=" pixels")(v, key)
+    if n % 2:
+        raise _Problem(f"{n} must be even (H.264 video is stored in 2x2 pixel blocks)")
+    return n
+
+
+def _rotation(v: Any, key: str) -> int:
+    n = v
+    if isinstance(v, str):
+        try:
+            n = float(v)
+        except ValueError:
+            raise _Problem(f"expected 0 or 180, got {_show(v)}") from None
+    if isinstance(n, bool) or not isinstance(n, (int, float)):
+        raise _Problem(f"expected 0 or 180, got {_show(v)}")
+    if n in (0, 180):
+        return int(n)
+    raise _Problem(
+        f"{_num(n) if math.isfinite(n) else _show(v)} is impossible: the Pi camera can only flip the picture "
+        "(hflip and vflip), so rotation is 0 or 180; for a camera mounted sideways, rotate the video when playing it"
+    )
+
+
+_STREAM_NAME = re.compile(r"^[a-zA-Z0-9_.-]{1,256}$")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
+
+
+def _stream_name(v: Any, key: str) -> str:
+    s = _text(v, key)
+    if not _STREAM_NAME.match(s):
+        raise _Problem(f"{_show(s)} is not a valid stream name (1 to 256 letters, digits, '.', '_' and '-')")
+    return s
+
+
+def _region(v: Any, key: str) -> str:
+    s = _text(v, key).strip()
+    if not _REGION.match(s):
+        raise _Problem(f"{_show(s)} is not an AWS region name (like us-east-1 or eu-west-1)")
+    return s
+
+
+def _url(v: Any, key: str) -> str:
+    s = _text(v, key).strip()
+    parts = urlsplit(s)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise _Problem(f"{_show(s)} is not a URL; it must start with https:// (or http:// for a local emulator)")
+    return s
+
+
+def _host(v: Any, key: str) -> str:
+    s = _text(v, key).strip()
+    if s.startswith("https://"):
+        s = s[len("https://"):]
+    s = s.rstrip("/")
+    if not s or "/" in s or " " in s:
+        raise _Problem(f"{_show(v)} is not a host name (like abc123.credentials.iot.us-east-1.amazonaws.com)")
+    return s
+
+
+def _listen(v: Any, key: str) -> str:
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = f"127.0.0.1:{v}"
+    s = _text(v, key).strip()
+    m = re.fullmatch(r"(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]*):(\d{1,5})", s)
+    if not m or not 1 <= int(m.group(2)) <= 65535:
+        raise _Problem(f"{_show(v)} is not HOST:PORT (like 127.0.0.1:9108, or 0.0.0.0:9108 for every interface)")
+    return s
+
+
+def _key_text(v: Any, key: str) -> str:
+    """An access key id, secret key or session token: copied from the IAM console, so no spaces can belong in it."""
+    s = _text(v, key)
+    if any(c.isspace() for c in s):
+        raise _Problem("contains spaces; copy it again without them")
+    return s
+
+
+_PARSERS: dict[str, Callable[[Any, str], Any]] = {
+    "stream.name": _stream_name,
+    "stream.region": _region,
+    "stream.create": _bool,
+    "stream.retention_hours": _number(0, 87600, integer=True, unit=" hours"),
+    "stream.fragment_seconds": _number(1, 20, unit=" seconds"),
+    "stream.kms_key_id": _text,
+    "aws.credentials": _choice("default", "static", "iot"),
+    "aws.access_key_id": _key_text,
+    "aws.secret_access_key": _key_text,
+    "aws.session_token": _key_text,
+    "aws.profile": _text,
+    "aws.endpoint_url": _url,
+    "aws.ca_bundle": _text,
+    "aws.iot.endpoint": _host,
+    "aws.iot.role_alias": _text,
+    "aws.iot.thing_name": _text,
+    "aws.iot.cert_file": _text,
+    "aws.iot.key_file": _text,
+    "aws.iot.ca_file": _text,
+    "source.type": _choice("picamera", "testpattern", "file", "rtsp", "v4l2"),
+    "source.uri": _text,
+    "source.width": _even_size,
+    "source.height": _even_size,
+    "source.fps": _number(1, 120),
+    "source.bitrate": _bitrate(64_000, 50_000_000),
+    "source.profile": _choice("baseline", "main", "high"),
+    "source.hflip": _bool,
+    "source.vflip": _bool,
+    "source.rotation": _rotation,
+    "source.tuning_file": _text,
+    "source.camera_index": _number(0, 15, integer=True),
+    "source.loop": _bool,
+    "buffer.path": _text,
+    "buffer.max_bytes": _size(16 * MiB),
+    "buffer.sync_seconds": _number(0.1, 60, unit=" seconds"),
+    "time.require_sync": _bool,
+    "upload.stale_seconds": _number(1, 300, unit=" seconds"),
+    "upload.max_connection_minutes": _number(1, 44, integer=True, unit=" minutes"),
+    "upload.connect_timeout_seconds": _number(1, 300, unit=" seconds"),
+    "health.status_file": _text,
+    "health.metrics_listen": _listen,
+    "health.stall_seconds": _number(1, 300, unit=" seconds"),
+    "log.level": _choice("debug", "info", "warning", "error"),
+}
+assert set(_PARSERS) == set(ALL_KEYS) - {"aws.iot"}, set(ALL_KEYS) ^ set(_PARSERS)
+
+# Keys that hold a file or folder: a relative path is taken relative to the configuration file's folder.
+_PATH_KEYS = {"aws.ca_bundle", "aws.iot.cert_file", "aws.iot.key_file", "aws.iot.ca_file", "buffer.path",
+              "health.status_file"}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    """Read, parse and validate a YAML file. Raises ConfigError with every problem found."""
+    name = os.fspath(path)
+    text = _read_text(name)
+    if not text.strip() or all(not line.strip() or line.lstrip().startswith("#") for line in text.splitlines()):
+        raise ConfigError([f"{name}: {EMPTY}"])
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError([_yaml_error(name, e)]) from None
+    duplicates = _duplicate_keys(text)
+    base_dir = os.path.dirname(os.path.abspath(name))
+    try:
+        cfg = parse_config(data, name, base_dir=base_dir)
+    except ConfigError as e:
+        raise ConfigError([f"{name}: {d}" for d in duplicates] + e.messages) from None
+    if duplicates:
+        raise ConfigError([f"{name}: {d}" for d in duplicates])
+    return cfg
+
+
+def _read_text(name: str) -> str:
+    try:
+        with open(name, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
+    except FileNotFoundError:
+        raise ConfigError([f"{name}: no such file; copy the example (config/kvs-edge.yaml) there and edit it"]) \
+            from None
+    except IsADirectoryError:
+        raise ConfigError([f"{name}: is a folder, not a configuration file"]) from None
+    except PermissionError:
+        raise ConfigError([f"{name}: permission denied; run this as a user that can read it (for example with sudo)"]) \
+            from None
+    except OSError as e:
+        raise ConfigError([f"{name}: cannot read it: {e.strerror or e}"]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError([f"{name}: over 1 MiB: not a configuration file"])
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ConfigError([f"{name}: the file is saved as UTF-16; save it as UTF-8 text"])
+    try:
+        text = raw.decode("utf-8-sig")  # a BOM from a Windows editor is dropped
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        byte = raw[e.start]
+        problem = f"line {line}: not UTF-8 text (byte 0x{byte:02x}); save the file as UTF-8"
+        raise ConfigError([f"{name}: {problem}"]) from None
+    if "\x00" in text:
+        raise ConfigError([f"{name}: not a text file"])
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def _yaml_error(name: str, e: yaml.YAMLError) -> str:
+    """One line: file, line, column and the problem; never the offending text (it could hold a key)."""
+    mark = getattr(e, "problem_mark", None)
+    problem = getattr(e, "problem", None) or "not valid YAML"
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    msg = f"{name}: {where}{problem}"
+    if problem.startswith("expected <block end>"):
+        return f"{name}: {where}the indentation does not line up with the lines above"
+    if problem == "mapping values are not allowed here":
+        return f"{name}: {where}a ':' where no key can start: put a value that contains ': ' in quotes, " \
+               "or check the indentation"
+    context, cmark = getattr(e, "context", None), getattr(e, "context_mark", None)
+    if problem == "could not find expected ':'" and cmark is not None:
+        return f"{name}: line {cmark.line + 1}, column {cmark.column + 1}: not a 'key: value' line (a ':' missing?)"
+    if context:
+        msg += f", {context}"
+        if cmark is not None and (mark is None or (cmark.line, cmark.column) != (mark.line, mark.column)):
+            msg += f" that starts at line {cmark.line + 1}, column {cmark.column + 1}"
+    if "'\\t'" in problem:
+        msg += " (indent with spaces, not tabs)"
+    elif "could not determine a constructor" in problem:
+        msg = f"{name}: {where}tags like !!python/... are not allowed in a configuration file"
+    return msg
+
+
+def _duplicate_keys(text: str) -> list[str]:
+    """Keys given twice in one mapping (safe_load silently keeps the last). Uses the safe composer: no objects built."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return []
+    found: list[str] = []
+
+    def walk(node: yaml.Node, prefix: str) -> None:
+        if not isinstance(node, yaml.MappingNode):
+            return
+        seen: dict[str, int] = {}
+        for knode, vnode in node.value:
+            key = str(knode.value)
+            path = f"{prefix}{key}"
+            line = knode.start_mark.line + 1
+            if key in seen:
+                found.append(f"{path}: given twice (lines {seen[key]} and {line}); keep one")
+            else:
+                seen[key] = line
+            walk(vnode, path + ".")
+
+    if root is not None:
+        walk(root, "")
+    return found
+
+
+class _Errors:
+    """The messages collected for one file, and which key paths they are about."""
+
+    def __init__(self, source_name: str):
+        self.source_name = source_name
+        self.messages: list[str] = []
+        self.paths: set[str] = set()
+
+    def __call__(self, path: str, problem: str) -> None:
+        self.paths.add(path)
+        m = re.search(r"did you mean ([\w.]+)\?", problem)
+        if m:  # a misspelt stream.name is not also reported missing
+            self.paths.add(m.group(1))
+        self.messages.append(f"{self.source_name}: {path}: {problem}" if path else f"{self.source_name}: {problem}")
+
+    def about(self, path: str) -> bool:
+        return path in self.paths
+
+
+def parse_config(data: Any, source_name: str, base_dir: str | None = None) -> Config:
+    """Validate already-loaded YAML data (a dict). Raises ConfigError with every problem, each "SOURCE: key: problem".
+
+    base_dir: relative file paths (buffer.path, certificates, a file source) are taken relative to it; None leaves them.
+    """
+    err = _Errors(source_name)
+    if data is None:
+        raise ConfigError([f"{source_name}: {EMPTY}"])
+    if not isinstance(data, dict):
+        raise ConfigError([
+            f"{source_name}: expected settings grouped in sections (stream:, aws:, source: ...) at the top level, "
+            f"got {_kind(data)}"
+        ])
+
+    for key in data:
+        if str(key) not in SECTIONS:
+            err(str(key), _unknown_top(str(key)))
+
+    values: dict[str, dict[str, Any]] = {}
+    for section, cls in SECTIONS.items():
+        values[section] = _parse_section(data.get(section), section, cls, err)
+    aws_raw = data.get("aws") if isinstance(data.get("aws"), dict) else {}
+    iot_given = "iot" in aws_raw and aws_raw["iot"] is not None
+    if iot_given:
+        values["aws"]["iot"] = _parse_section(aws_raw["iot"], "aws.iot", IotConfig, err)
+
+    _cross_checks(values, iot_given, err)
+    if base_dir is not None:
+        _resolve_paths(values, base_dir)
+    _check_files(values, err)
+
+    if err.messages:
+        raise ConfigError(err.messages)
+
+    aws = dict(values["aws"])
+    if iot_given:
+        aws["iot"] = IotConfig(**values["aws"]["iot"])
+    return Config(
+        stream=StreamConfig(**values["stream"]),
+        aws=AwsConfig(**aws),
+        source=SourceConfig(**values["source"]),
+        buffer=BufferConfig(**values["buffer"]),
+        time=TimeConfig(**values["time"]),
+        upload=UploadConfig(**values["upload"]),
+        health=HealthConfig(**values["health"]),
+        log=LogConfig(**values["log"]),
+    )
+
+
+def _parse_section(raw: Any, section: str, cls: type, err: _Errors) -> dict[str, Any]:
+    """The valid keys of one section, parsed; problems reported through err. Missing keys are left out (defaults)."""
+    out: dict[str, Any] = {}
+    if raw is None:  # a section whose lines are all commented out
+        return out
+    if not isinstance(raw, dict):
+        shown = _kind(raw) if section.startswith("aws") else _show(raw)  # never echo what may be a key
+        err(section, f"expected settings under it (indented key: value lines), got {shown}")
+        return out
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in raw.items():
+        k = str(key)
+        path = f"{section}.{k}"
+        if k not in fields or (section == "aws" and k == "iot"):
+            if k not in fields:
+                err(path, _unknown_key(k, section))
+            continue
+        f = fields[k]
+        if value is None:
+            if f.default is dataclasses.MISSING:
+                continue  # a required key left empty: reported as missing by the cross checks
+            if f.default is None:
+                out[k] = None
+            else:
+                err(path, f"has no value; give one or remove the line to use the default ({_default_shown(path, f)})")
+            continue
+        try:
+            out[k] = _PARSERS[path](value, path)
+        except _Problem as p:
+            err(path, str(p.args[0]))
+    return out
+
+
+def _default_shown(path: str, f: dataclasses.Field) -> str:
+    d = f.default
+    if path == "buffer.max_bytes":
+        return _format_size(d)
+    if path == "source.bitrate":
+        return _format_rate(d)
+    if isinstance(d, bool):
+        return "true" if d else "false"
+    return str(d)
+
+
+def _unknown_top(key: str) -> str:
+    close = difflib.get_close_matches(key.lower(), list(SECTIONS), n=1, cutoff=0.6)
+    if close:
+        return f"unknown section, did you mean {close[0]}?"
+    match = _closest_key(key, exclude_section=None)
+    if match:
+        return f"unknown section, did you mean {match}? (settings go under their section)"
+    return f"unknown section (valid sections: {', '.join(SECTIONS)})"
+
+
+def _unknown_key(key: str, section: str) -> str:
+    valid = [k for k in (_keys(SECTIONS[section]) if section in SECTIONS else _keys(SUBSECTIONS[section]))]
+    # A key that exists word for word in another section was put under the wrong one.
+    elsewhere = [p for p in ALL_KEYS if p.rsplit(".", 1)[1] == key and p.rsplit(".", 1)[0] != section]
+    if elsewhere:
+        return f"unknown key, did you mean {elsewhere[0]}?"
+    close = difflib.get_close_matches(key.lower(), valid, n=1, cutoff=0.6)
+    if close:
+        return f"unknown key, did you mean {section}.{close[0]}?"
+    match = _closest_key(key, exclude_section=section)
+    if match:
+        return f"unknown key, did you mean {match}?"
+    return f"unknown key (valid keys here: {', '.join(valid)})"
+
+
+def _closest_key(key: str, exclude_section: str | None) -> str | None:
+    by_leaf: dict[str, str] = {}
+    for p in ALL_KEYS:
+        sec, leaf = p.rsplit(".", 1)
+        if sec != exclude_section:
+            by_leaf.setdefault(leaf, p)
+    close = difflib.get_close_matches(key.lower(), list(by_leaf), n=1, cutoff=0.75)
+    return by_leaf[close[0]] if close else None
+
+
+def _cross_checks(v: dict[str, dict[str, Any]], iot_given: bool, err: _Errors) -> None:
+    stream, aws, source = v["stream"], v["aws"], v["source"]
+    if "name" not in stream and not err.about("stream.name") and not err.about("stream"):
+        err("stream.name", "missing; set it to the name of your Kinesis video stream")
+
+    creds = aws.get("credentials", "default")
+    if err.about("aws.credentials"):
+        pass  # an unknown kind of credentials: which keys belong to it cannot be said
+    elif creds == "static":
+        for k in ("access_key_id", "secret_access_key"):
+            if aws.get(k) is None and not err.about(f"aws.{k}"):
+                err(f"aws.{k}", "required when aws.credentials is static")
+    else:
+        for k in ("access_key_id", "secret_access_key", "session_token"):
+            if aws.get(k) is not None:
+                err(f"aws.{k}", f"only used with aws.credentials: static (it is {creds}); "
+                                "set aws.credentials: static or remove the key")
+    if aws.get("profile") is not None and creds != "default" and not err.about("aws.credentials"):
+        err("aws.profile", f"only used with aws.credentials: default (it is {creds})")
+    if err.about("aws.credentials") or err.about("aws.iot"):
+        pass
+    elif creds == "iot":
+        if not iot_given and not err.about("aws.iot"):
+            err("aws.iot",
+                "required when aws.credentials is iot: endpoint, role_alias, thing_name, cert_file, key_file")
+        elif iot_given:
+            iot = aws.get("iot", {})
+            for k in ("endpoint", "role_alias", "thing_name", "cert_file", "key_file"):
+                if iot.get(k) is None and not err.about(f"aws.iot.{k}"):
+                    err(f"aws.iot.{k}", "required when aws.credentials is iot")
+    elif iot_given:
+        err("aws.iot", f"only used with aws.credentials: iot (it is {creds})")
+
+    stype = source.get("type", "picamera")
+    uri = source.get("uri")
+    if err.about("source.type"):
+        return
+    if stype in ("file", "rtsp", "v4l2"):
+        if uri is None and not err.about("source.uri"):
+            example = {"file": "/home/pi/video.mp4", "rtsp": "rtsp://192.168.1.20:554/stream1", "v4l2": "/dev/video0"}
+            err("source.uri", f"required when source.type is {stype} (like {example[stype]})")
+        elif uri is not None and stype == "rtsp" and not uri.lower().startswith(("rtsp://", "rtsps://")):
+            err("source.uri", f"{_show(uri)} is not an RTSP address; it must start with rtsp:// or rtsps://")
+    elif uri is not None and "type" in source:
+        err("source.uri", f"not used by source.type {stype}; remove it or change source.type")
+    elif uri is not None:
+        err("source.uri", "not used by source.type picamera (the default); set source.type (file, rtsp or v4l2)")
+    if source.get("loop") and stype != "file":
+        err("source.loop", f"only applies to source.type file (it is {stype})")
+
+
+def _resolve_paths(v: dict[str, dict[str, Any]], base_dir: str) -> None:
+    def fix(section: dict[str, Any], key: str) -> None:
+        p = section.get(key)
+        if isinstance(p, str) and not os.path.isabs(os.path.expanduser(p)):
+            section[key] = os.path.normpath(os.path.join(base_dir, p))
+        elif isinstance(p, str):
+            section[key] = os.path.expanduser(p)
+
+    for path in _PATH_KEYS:
+        sec, key = path.rsplit(".", 1)
+        section = v["aws"].get("iot") if sec == "aws.iot" else v[sec]
+        if isinstance(section, dict):
+            fix(section, key)
+    if v["source"].get("type") == "file":
+        fix(v["source"], "uri")
+
+
+def _check_files(v: dict[str, dict[str, Any]], err: _Errors) -> None:
+    """Files that must exist where the configuration names them (certificates, CA bundles, a file source)."""
+    checks = [("aws.ca_bundle", v["aws"].get("ca_bundle"))]
+    iot = v["aws"].get("iot")
+    if isinstance(iot, dict) and v["aws"].get("credentials") == "iot":
+        checks += [(f"aws.iot.{k}", iot.get(k)) for k in ("cert_file", "key_file", "ca_file")]
+    if v["source"].get("type") == "file":
+        checks.append(("source.uri", v["source"].get("uri")))
+    for path, name in checks:
+        if name is None or err.about(path):
+            continue
+        if os.path.isdir(name):
+            err(path, f"{name} is a folder; give the file")
+        elif not os.path.exists(name):
+            err(path, f"{name}: no such file")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# For logs and check-config
+
+
+def redacted(cfg: Config) -> dict:
+    """The effective settings as plain data for logs: secrets replaced by "***" (unset ones stay None), camera
+    passwords in source.uri masked."""
+    d = dataclasses.asdict(cfg)
+    for k in SECRET_KEYS:
+        if d["aws"].get(k) is not None:
+            d["aws"][k] = REDACTED
+    d["source"]["uri"] = _safe_uri(d["source"]["uri"])
+    return d
+
+
+def config_warnings(cfg: Config, path: str | os.PathLike | None = None) -> list[str]:
+    """Things that are valid but need the owner's attention, each "FILE: key.path: problem":
+    the example's placeholders still in place, and credentials in a file that other users can read."""
+    name = os.fspath(path) if path is not None else "<config>"
+    out = []
+    if cfg.stream.name == PLACEHOLDER:
+        out.append(f"{name}: stream.name: still the example's placeholder {PLACEHOLDER}; "
+                   "set it to the name of your Kinesis video stream")
+    placeholder_keys = []
+    if cfg.aws.credentials == "static":
+        for k in ("access_key_id", "secret_access_key"):
+            if getattr(cfg.aws, k) == PLACEHOLDER:
+                placeholder_keys.append(k)
+                out.append(f"{name}: aws.{k}: still the example's placeholder {PLACEHOLDER}; "
+                           "put your IAM user's key here (or use aws.credentials: default or iot)")
+        if path is not None and not placeholder_keys:
+            try:
+                mode = os.stat(path).st_mode
+            except OSError:
+                mode = 0
+            if mode & stat.S_IROTH:
+                out.append(f"{name}: aws.secret_access_key: the file is readable by every user on this machine; "
+                           f"run: chmod o-r {name}")
+    return out
+
+
+def has_placeholders(cfg: Config) -> bool:
+    """True while the example's placeholders are still there: `run` should refuse to start (nothing can stream)."""
+    return cfg.stream.name == PLACEHOLDER or (
+        cfg.aws.credentials == "static" and PLACEHOLDER in (cfg.aws.access_key_id, cfg.aws.secret_access_key)
+    )

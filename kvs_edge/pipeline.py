@@ -1,0 +1,203 @@
+"""The appliance's threads: source -> bounded queue -> muxer -> fragment log -> uploader.
+
+    source thread   emit(frame): never blocks; when the queue is full, frames are dropped up to the next key frame
+    muxer thread    Fragmenter events -> FragmentLog (frame by frame, so the uploader can send a frame at once)
+    uploader thread Uploader.run(stop): PutMedia sessions from the oldest unacknowledged fragment
+    supervisor      the caller's thread: Pipeline.check() reports dead threads, a stalled camera, a failed source
+
+Everything here is wiring; the decisions live in the pure cores (fragmenter, putmedia session, clock).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+from kvs_edge.media.fragmenter import FragmentEnd, FragmentStart, Fragmenter, FrameWritten, Notice, SessionStart
+from kvs_edge.media.frame import Frame
+
+log = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+class PipelineFailure(RuntimeError):
+    """A part of the pipeline died or stalled: the process must exit non-zero so that systemd restarts it."""
+
+
+@dataclass
+class Counters:
+    frames_in: int = 0
+    frames_dropped: int = 0  # queue full (camera thread must not block) or rejected by the muxer
+    frames_muxed: int = 0
+    fragments_written: int = 0
+    fragments_persisted: int = 0
+    fragments_skipped: int = 0
+    notices: dict[str, int] = field(default_factory=dict)
+    last_frame_mono: float | None = None
+    last_persisted_mono: float | None = None
+    latencies: deque = field(default_factory=lambda: deque(maxlen=2048))  # capture -> PERSISTED, seconds
+
+
+class Pipeline:
+    """Wires a source, the fragmenter, a FragmentLog and an Uploader together.
+
+    uploader_factory(log) -> object with run(stop_event); None runs without uploading (tests, offline capture).
+    """
+
+    def __init__(self, *, source, frag_log, uploader=None, fragment_seconds: float = 2.0, queue_frames: int = 240,
+                 stall_seconds: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.source = source
+        self.log = frag_log
+        self.uploader = uploader
+        self.fragmenter = Fragmenter(target_ms=int(fragment_seconds * 1000))
+        self.stall_seconds = stall_seconds
+        self.clock = clock
+        self.counters = Counters()
+        self._queue: queue.Queue = queue.Queue(maxsize=queue_frames)
+        self._dropping = False
+        self._stop = threading.Event()
+        self._header_id: int | None = None
+        self._fragment_open = False
+        self._threads: list[threading.Thread] = []
+        self._muxer_error: BaseException | None = None
+        self._uploader_error: BaseException | None = None
+        self.started_mono: float | None = None
+
+    # -- the camera side: must never block ---------------------------------------------------------------------
+    def emit(self, frame: Frame) -> None:
+        c = self.counters
+        c.frames_in += 1
+        c.last_frame_mono = self.clock()
+        if self._dropping and not frame.key:
+            c.frames_dropped += 1
+            return
+        try:
+            self._queue.put_nowait(frame)
+            self._dropping = False
+        except queue.Full:
+            if not self._dropping:
+                log.warning("muxer is behind: dropping frames up to the next key frame")
+            self._dropping = True
+            c.frames_dropped += 1
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.started_mono = self.clock()
+        self._spawn("muxer", self._mux_loop)
+        if self.uploader is not None:
+            self._spawn("uploader", self._upload_loop)
+        self.source.start(self.emit)
+
+    def _spawn(self, name: str, target) -> None:
+        t = threading.Thread(target=target, name=f"kvs-edge-{name}", daemon=True)
+        t.start()
+        self._threads.append(t)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Close the current fragment, flush the log, stop uploading. Bounded: never hangs on a stuck part."""
+        deadline = time.monotonic() + timeout
+        try:
+            self.source.stop(timeout=max(0.5, timeout / 3))
+        except Exception as e:  # a source that fails to stop must not keep us from saving the log
+            log.warning("source did not stop cleanly: %s", e)
+        self._queue_put_stop()
+        self._stop.set()
+        wake = getattr(self.log, "wake", None)
+        if wake:
+            wake()
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        try:
+            self.log.close()
+        except Exception as e:
+            log.warning("closing the fragment log: %s", e)
+
+    def _queue_put_stop(self) -> None:
+        while True:
+            try:
+                self._queue.put_nowait(_STOP)
+                return
+            except queue.Full:
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    pass
+
+    # -- muxer thread ------------------------------------------------------------------------------------------
+    def _mux_loop(self) -> None:
+        try:
+            while True:
+                item = self._queue.get()
+                if item is _STOP:
+                    break
+                self._apply(self.fragmenter.push(item.data, item.timestamp_ns // 1_000_000, item.key))
+                self.counters.frames_muxed += 1
+            self._apply(self.fragmenter.close())
+        except BaseException as e:  # noticed by check(): the process exits non-zero
+            log.exception("muxer thread died")
+            self._muxer_error = e
+
+    def _apply(self, events) -> None:
+        for ev in events:
+            if isinstance(ev, FrameWritten):
+                self.log.append(ev.data, ev.timecode_ms)
+            elif isinstance(ev, FragmentStart):
+                self.log.start_fragment(self._header_id, ev.timecode_ms, ev.data)
+                self._fragment_open = True
+            elif isinstance(ev, FragmentEnd):
+                if self._fragment_open:
+                    self.log.end_fragment()
+                    self._fragment_open = False
+                    self.counters.fragments_written += 1
+            elif isinstance(ev, SessionStart):
+                self._header_id = self.log.add_header(ev.header)
+                log.info("video %dx%d: new stream header", ev.width, ev.height)
+            elif isinstance(ev, Notice):
+                n = self.counters.notices
+                n[ev.kind] = n.get(ev.kind, 0) + 1
+                if n[ev.kind] <= 3 or n[ev.kind] % 100 == 0:
+                    log.warning("%s (%d so far)", ev.message, n[ev.kind])
+
+    # -- uploader thread ---------------------------------------------------------------------------------------
+    def _upload_loop(self) -> None:
+        try:
+            self.uploader.run(self._stop)
+        except BaseException as e:
+            log.exception("uploader thread died")
+            self._uploader_error = e
+
+    # -- supervision (the caller's thread) ---------------------------------------------------------------------
+    def last_frame_age(self) -> float | None:
+        t = self.counters.last_frame_mono
+        return None if t is None else self.clock() - t
+
+    def camera_state(self) -> str:
+        age = self.last_frame_age()
+        if age is None:
+            since = self.clock() - (self.started_mono or self.clock())
+            return "stalled" if since > max(self.stall_seconds, 15.0) else "starting"
+        return "stalled" if age > self.stall_seconds else "ok"
+
+    def check(self) -> None:
+        """Raise PipelineFailure when a part died or the camera stopped; the caller exits non-zero."""
+        err = getattr(self.source, "error", None)
+        if err is not None:
+            raise PipelineFailure(str(err))
+        if self._muxer_error is not None:
+            raise PipelineFailure(f"muxer failed: {self._muxer_error}")
+        if self._uploader_error is not None:
+            raise PipelineFailure(f"uploader failed: {self._uploader_error}")
+        if not self._stop.is_set():
+            for t in self._threads:
+                if not t.is_alive():
+                    raise PipelineFailure(f"thread {t.name} stopped unexpectedly")
+        if self.camera_state() == "stalled" and not getattr(self.source, "finished", False):
+            age = self.last_frame_age()
+            what = "no frame yet" if age is None else f"no frame for {age:.0f} s"
+            raise PipelineFailure(f"camera stalled ({what}): check the camera cable and power supply")
