@@ -64,10 +64,12 @@ class Pipeline:
         self._stop = threading.Event()
         self._header_id: int | None = None
         self._fragment_open = False
+        self._capture_ms: dict[int, int] = {}  # seq -> capture ms of its first frame, for the latency figure
         self._threads: list[threading.Thread] = []
         self._muxer_error: BaseException | None = None
         self._uploader_error: BaseException | None = None
         self.started_mono: float | None = None
+        self.capture_stopped = False
 
     # -- the camera side: must never block ---------------------------------------------------------------------
     def emit(self, frame: Frame) -> None:
@@ -99,14 +101,23 @@ class Pipeline:
         t.start()
         self._threads.append(t)
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Close the current fragment, flush the log, stop uploading. Bounded: never hangs on a stuck part."""
-        deadline = time.monotonic() + timeout
+    def stop_capture(self, timeout: float = 3.0) -> None:
+        """Stop the source and let the muxer write what is queued and close the current fragment (bounded)."""
+        self.capture_stopped = True
         try:
-            self.source.stop(timeout=max(0.5, timeout / 3))
+            self.source.stop(timeout=max(0.5, timeout / 2))
         except Exception as e:  # a source that fails to stop must not keep us from saving the log
             log.warning("source did not stop cleanly: %s", e)
         self._queue_put_stop()
+        for t in self._threads:
+            if t.name.endswith("muxer"):
+                t.join(timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop capturing, then uploading, then close the log. Bounded: never hangs on a stuck part; what is in the
+        log stays there for the next start."""
+        deadline = time.monotonic() + timeout
+        self.stop_capture(timeout / 2)
         self._stop.set()
         wake = getattr(self.log, "wake", None)
         if wake:
@@ -148,8 +159,11 @@ class Pipeline:
             if isinstance(ev, FrameWritten):
                 self.log.append(ev.data, ev.timecode_ms)
             elif isinstance(ev, FragmentStart):
-                self.log.start_fragment(self._header_id, ev.timecode_ms, ev.data)
+                seq = self.log.start_fragment(self._header_id, ev.timecode_ms, ev.data)
                 self._fragment_open = True
+                self._capture_ms[seq] = ev.timecode_ms
+                if len(self._capture_ms) > 4096:
+                    self._capture_ms.pop(next(iter(self._capture_ms)))
             elif isinstance(ev, FragmentEnd):
                 if self._fragment_open:
                     self.log.end_fragment()
@@ -163,6 +177,19 @@ class Pipeline:
                 n[ev.kind] = n.get(ev.kind, 0) + 1
                 if n[ev.kind] <= 3 or n[ev.kind] % 100 == 0:
                     log.warning("%s (%d so far)", ev.message, n[ev.kind])
+
+    def fragment_persisted(self, seq: int) -> float | None:
+        """Count an acknowledged fragment; returns its capture -> PERSISTED latency in seconds (first frame), when
+        it was captured by this process."""
+        c = self.counters
+        c.fragments_persisted += 1
+        c.last_persisted_mono = self.clock()
+        first_ms = self._capture_ms.pop(seq, None)
+        if first_ms is None:
+            return None
+        latency = time.monotonic_ns() / 1e6 - first_ms
+        c.latencies.append(latency / 1000.0)
+        return latency / 1000.0
 
     # -- uploader thread ---------------------------------------------------------------------------------------
     def _upload_loop(self) -> None:
@@ -195,9 +222,9 @@ class Pipeline:
             raise PipelineFailure(f"uploader failed: {self._uploader_error}")
         if not self._stop.is_set():
             for t in self._threads:
-                if not t.is_alive():
+                if not t.is_alive() and not (self.capture_stopped and t.name.endswith("muxer")):
                     raise PipelineFailure(f"thread {t.name} stopped unexpectedly")
-        if self.camera_state() == "stalled" and not getattr(self.source, "finished", False):
+        if self.camera_state() == "stalled" and not (self.capture_stopped or getattr(self.source, "finished", False)):
             age = self.last_frame_age()
             what = "no frame yet" if age is None else f"no frame for {age:.0f} s"
             raise PipelineFailure(f"camera stalled ({what}): check the camera cable and power supply")

@@ -1,0 +1,61 @@
+"""`kvs-edge run [--config FILE]`: the appliance, until SIGTERM/SIGINT. SIGHUP reloads the configuration."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from kvs_edge import logsetup
+from kvs_edge.cli import EXIT_CONFIG, EXIT_FAILURE
+from kvs_edge.config import ConfigError, config_warnings, has_placeholders, load_config
+
+log = logging.getLogger("kvs_edge")
+
+
+def load_valid(path: str):
+    """The configuration at path, or ConfigError with every message (placeholders count as errors for `run`)."""
+    cfg = load_config(path)
+    if has_placeholders(cfg):
+        raise ConfigError([w.removeprefix("warning: ") for w in config_warnings(cfg, path)])
+    return cfg
+
+
+def build_appliance(cfg, path: str):
+    from kvs_edge.appliance import Appliance
+
+    return Appliance(cfg, config_path=path)
+
+
+def main(args) -> int:
+    try:
+        cfg = load_valid(args.config)
+    except ConfigError as e:
+        logsetup.configure()
+        for m in e.messages:
+            print(m, file=sys.stderr)
+        print(f"kvs-edge: fix {args.config} (check it with `kvs-edge check-config {args.config}`)", file=sys.stderr)
+        return EXIT_CONFIG
+    logsetup.configure(cfg.log.level, getattr(args, "verbose", False))
+    for w in config_warnings(cfg, args.config):
+        log.warning(w.removeprefix("warning: "))
+    from kvs_edge.kvs.control import ControlPlaneError
+    from kvs_edge.kvs.credentials import CredentialsError
+    from kvs_edge.sources import SourceError
+    from kvs_edge.supervisor import Supervisor
+
+    try:
+        app = build_appliance(cfg, args.config)
+    except (CredentialsError, ControlPlaneError) as e:
+        log.error("%s", e)
+        return EXIT_CONFIG
+    except SourceError as e:
+        log.error("%s", e)
+        return EXIT_FAILURE
+    except OSError as e:
+        log.error("cannot start: %s", e)
+        return EXIT_FAILURE
+
+    sup = Supervisor(app, status_file=cfg.health.status_file, metrics_listen=cfg.health.metrics_listen,
+                     reload=(lambda: load_valid(args.config), lambda c: build_appliance(c, args.config)))
+    sup.install_signal_handlers()
+    return sup.run()

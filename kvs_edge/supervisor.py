@@ -1,0 +1,238 @@
+"""The service loop around an Appliance: supervision, journal lines, status file, metrics, systemd notify, signals.
+
+One line per state change (camera, connection, clock, backlog growth, recovery) so a journal can hold months of it;
+never a secret. A dead thread or a stalled camera ends the loop with PipelineFailure: `run` then exits non-zero and
+systemd restarts the process (Picamera2's stop() can hang, so recovery never depends on a clean stop).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from typing import Callable
+
+from kvs_edge.pipeline import PipelineFailure
+from kvs_edge.service.metrics import Metrics, serve
+from kvs_edge.service.notify import Notifier, WatchdogGate, watchdog_interval
+from kvs_edge.service.status import remove_status, write_status
+
+log = logging.getLogger("kvs_edge")
+
+STATUS_EVERY_S = 2.0
+BACKLOG_LOG_EVERY_S = 60.0
+
+
+def build_status(app, *, started_at: float, state_override: str | None = None) -> dict:
+    """The status-file dict (docs/internals.md "Status file") for the running appliance."""
+    p = app.pipeline
+    c = p.counters
+    st = app.log.stats()
+    link = app.link
+    now_mono = time.monotonic()
+    synced = app.timebase.synchronized()
+    camera = p.camera_state()
+    if state_override:
+        state = state_override
+    elif not synced:
+        state = "waiting_for_clock"
+    elif link.state == "connected":
+        state = "streaming"
+    elif link.state == "connecting" and c.frames_in == 0:
+        state = "starting"
+    else:
+        state = "offline"
+    age = p.last_frame_age()
+    return {
+        "version": 1,
+        "pid": os.getpid(),
+        "updated_at": time.time(),
+        "started_at": started_at,
+        "stream": app.cfg.stream.name,
+        "state": state,
+        "camera": {"state": camera, "frames": c.frames_in, "last_frame_age_s": None if age is None else round(age, 3)},
+        "connection": {"state": link.state, "since": link.since},
+        "backlog": {"fragments": st.fragments, "bytes": st.bytes, "seconds": round(st.backlog_ms / 1000.0, 3)},
+        "last_persisted_age_s": None if c.last_persisted_mono is None else round(now_mono - c.last_persisted_mono, 3),
+        "fragments_persisted": c.fragments_persisted,
+        "frames_dropped": c.frames_dropped + sum(v for k, v in c.notices.items() if k.startswith("dropped")),
+        "fragments_evicted": st.evicted_fragments,
+        "clock_synced": synced,
+        "last_error": link.last_error or st.last_error,
+    }
+
+
+def summary_line(status: dict) -> str:
+    b = status["backlog"]
+    return (f"{status['state']}: camera {status['camera']['state']}, {status['camera']['frames']} frames, "
+            f"{status['fragments_persisted']} fragments persisted, backlog {b['fragments']} fragments "
+            f"({b['seconds']:.0f} s)")
+
+
+class Supervisor:
+    """Runs an Appliance until a signal, a failure, or `until()` says so. Returns the process exit code."""
+
+    def __init__(self, app, *, status_file: str | None = None, metrics_listen: str | None = None,
+                 notifier: Notifier | None = None, tick_s: float = 0.5,
+                 reload: tuple[Callable[[], object], Callable[[object], object]] | None = None) -> None:
+        self.app = app
+        self.status_file = status_file
+        self.metrics_listen = metrics_listen
+        self.notifier = notifier or Notifier()
+        self.tick_s = tick_s
+        self.reload = reload
+        self.metrics = Metrics()
+        self._metrics_server = None
+        self._stop = threading.Event()
+        self._hup = threading.Event()
+        self.started_at = time.time()
+        self._last: dict[str, object] = {}
+        self._last_backlog_log = 0.0
+        self._ready_sent = False
+        self.last_status: dict | None = None
+        self.gate = WatchdogGate(stall_seconds=app.cfg.health.stall_seconds)
+        self.watchdog_every = watchdog_interval()
+        self._last_ping = 0.0
+
+    # -- signals -------------------------------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self._stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self._stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self._hup.set())
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+    def run(self, until: Callable[[], bool] | None = None, on_tick: Callable[[dict], None] | None = None) -> int:
+        app = self.app
+        if self.metrics_listen:
+            try:
+                self._metrics_server = serve(self.metrics, self.metrics_listen)
+                log.info("metrics on http://%s/metrics", self.metrics_listen)
+            except OSError as e:
+                log.error("cannot serve metrics on %s: %s (continuing without)", self.metrics_listen, e.strerror or e)
+        app.on_persisted = self.metrics.capture_to_persisted.observe
+        app.start()
+        log.info("kvs-edge started: %s -> stream %s (%s)", getattr(app.source, "name", "source"),
+                 app.cfg.stream.name, app.cfg.stream.region)
+        code = 0
+        last_status = 0.0
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                if self._hup.is_set():
+                    self._hup.clear()
+                    self._reload()
+                    app = self.app
+                app.pipeline.check()
+                status = build_status(app, started_at=self.started_at)
+                self.last_status = status
+                self._log_changes(status, now)
+                self._notify(status, now)
+                if now - last_status >= STATUS_EVERY_S:
+                    last_status = now
+                    self._publish(status)
+                if on_tick:
+                    on_tick(status)
+                if until and until():
+                    break
+                self._stop.wait(self.tick_s)
+        except PipelineFailure as e:
+            log.error("%s: exiting so that the service is restarted", e)
+            self._publish(build_status(app, started_at=self.started_at, state_override="stopping") | {"last_error": str(e)})
+            code = 1
+        finally:
+            self.notifier.stopping()
+            self.app.stop()
+            if self._metrics_server:
+                self._metrics_server.close()
+            if code == 0 and self.status_file:
+                final = build_status(self.app, started_at=self.started_at, state_override="stopping")
+                self._publish(final)
+            log.info("kvs-edge stopped; %d fragments kept in the buffer for the next start",
+                     self.app.log.stats().fragments if code == 0 else -1)
+        return code
+
+    def _reload(self) -> None:
+        """SIGHUP: validate the file again; a broken one is reported and the running configuration kept."""
+        if not self.reload:
+            return
+        load, build = self.reload
+        self.notifier.reloading()
+        old = self.app
+        try:
+            cfg = load()
+        except Exception as e:
+            log.error("reload refused, keeping the running configuration: %s", "; ".join(getattr(e, "messages", [str(e)])))
+            self.notifier.ready()
+            return
+        if cfg == old.cfg:
+            log.info("reload: configuration unchanged")
+            self.notifier.ready()
+            return
+        log.info("configuration changed: restarting the pipeline (the buffer is kept)")
+        old.stop()
+        try:
+            new_app = build(cfg)
+        except Exception as e:
+            log.error("new configuration cannot start (%s): going back to the previous one", e)
+            new_app = build(old.cfg)
+        new_app.on_persisted = self.metrics.capture_to_persisted.observe
+        self.app = new_app
+        self.gate = WatchdogGate(stall_seconds=new_app.cfg.health.stall_seconds)
+        new_app.start()
+        self.notifier.ready()
+
+    def _publish(self, status: dict) -> None:
+        self.metrics.apply_status(status)
+        if self.status_file:
+            try:
+                write_status(self.status_file, status)
+            except OSError as e:
+                if self._last.get("status_error") != e.errno:
+                    log.warning("cannot write status file %s: %s", self.status_file, e.strerror or e)
+                self._last["status_error"] = e.errno
+
+    def _notify(self, status: dict, now: float) -> None:
+        p = self.app.pipeline
+        if p.counters.last_frame_mono is not None:
+            self.gate.frame(p.counters.last_frame_mono)
+        self.gate.uploader_beat(self.app.link.heartbeat_now())
+        if not self._ready_sent and status["camera"]["state"] == "ok":
+            self._ready_sent = True
+            self.notifier.ready(summary_line(status))
+        if self.watchdog_every and now - self._last_ping >= self.watchdog_every and self.gate.should_ping(now):
+            self._last_ping = now
+            self.notifier.watchdog()
+        if self._last.get("summary_at", 0) + 5 <= now:  # type: ignore[operator]
+            self._last["summary_at"] = now
+            self.notifier.status(summary_line(status))
+
+    def _log_changes(self, status: dict, now: float) -> None:
+        def changed(key: str, value) -> bool:
+            old = self._last.get(key, object())
+            self._last[key] = value
+            return old != value
+
+        cam = status["camera"]["state"]
+        if changed("camera", cam) and cam != "starting":
+            log.info("camera %s", "delivering frames" if cam == "ok" else cam)
+        conn = status["connection"]["state"]
+        if changed("connection", conn):
+            if conn == "connected":
+                log.info("upload recovered: connected" if self._last.get("was_offline") else "upload connected")
+                self._last["was_offline"] = False
+            elif conn == "offline":
+                self._last["was_offline"] = True
+                log.warning("outage: %s; buffering on disk", status["last_error"] or "cannot reach KVS")
+        if changed("clock", status["clock_synced"]) and not status["clock_synced"]:
+            # (the time base logs the moment it synchronizes)
+            log.info("waiting for the clock to be synchronized (NTP); video is kept and uploaded with its capture "
+                     "time once it is")
+        b = status["backlog"]
+        if b["seconds"] > 3 * self.app.cfg.stream.fragment_seconds and now - self._last_backlog_log > BACKLOG_LOG_EVERY_S:
+            self._last_backlog_log = now
+            log.info("backlog: %d fragments, %.0f s of video, %.1f MB", b["fragments"], b["seconds"], b["bytes"] / 1e6)
