@@ -128,7 +128,7 @@ class UploadConfig:
 
 @dataclass(frozen=True)
 class HealthConfig:
-    status_file: str = "/var/lib/kvs-edge/status.json"
+    status_file: str = "/run/kvs-edge/status.json"
     metrics_listen: str | None = None
     stall_seconds: float = 5.0
 
