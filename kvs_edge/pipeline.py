@@ -224,7 +224,10 @@ class Pipeline:
             for t in self._threads:
                 if not t.is_alive() and not (self.capture_stopped and t.name.endswith("muxer")):
                     raise PipelineFailure(f"thread {t.name} stopped unexpectedly")
-        if self.camera_state() == "stalled" and not (self.capture_stopped or getattr(self.source, "finished", False)):
+        # a network camera that is reconnecting (with backoff) is an outage of the source, not a stall of this process
+        reconnecting = getattr(self.source, "connected", True) is False
+        if self.camera_state() == "stalled" and not (self.capture_stopped or reconnecting
+                                                     or getattr(self.source, "finished", False)):
             age = self.last_frame_age()
             what = "no frame yet" if age is None else f"no frame for {age:.0f} s"
             raise PipelineFailure(f"camera stalled ({what}): check the camera cable and power supply")

@@ -1,1 +1,46 @@
+"""Video sources: where Frames come from (Pi camera, file, RTSP camera, V4L2 device, test pattern).
 
+`open_source(cfg, fragment_seconds=...)` builds the source that `cfg.type` names. Every source has the interface of
+`base.Source`: start(emit) returns at once and delivers Frames on the source's own thread, stop(timeout) is bounded,
+`error` is set when the source died for good, `finished` when a non-looping file ended.
+"""
+
+from __future__ import annotations
+
+from .base import Source, SourceError
+
+__all__ = ["Source", "SourceError", "open_source", "SOURCE_TYPES"]
+
+SOURCE_TYPES = ("picamera", "testpattern", "file", "rtsp", "v4l2")
+
+
+def open_source(cfg, *, fragment_seconds: float, paced: bool = True, stall_seconds: float | None = None) -> Source:
+    """The source for `cfg` (a SourceConfig, or any object with its attributes); nothing starts until start().
+
+    fragment_seconds sets the key-frame interval of the sources that encode (picamera, testpattern).
+    paced=False: a file is read as fast as possible with its own timestamps (for `kvs-edge upload`).
+    stall_seconds: picamera's "no frame for N s" limit (default cfg.stall_seconds if present, else 5).
+    Raises SourceError for settings no source can work with (unknown type, rotation 90, missing uri).
+    """
+    kind = str(getattr(cfg, "type", "picamera") or "picamera")
+    if kind == "picamera":
+        from .picamera import PicameraSource
+
+        return PicameraSource(cfg, fragment_seconds=fragment_seconds, stall_seconds=stall_seconds)
+    if kind == "testpattern":
+        from .testpattern import TestPatternSource
+
+        return TestPatternSource(cfg, fragment_seconds=fragment_seconds)
+    if kind == "file":
+        from .av import FileSource
+
+        return FileSource(cfg, fragment_seconds=fragment_seconds, paced=paced)
+    if kind == "rtsp":
+        from .av import rtsp_source
+
+        return rtsp_source(cfg)
+    if kind == "v4l2":
+        from .av import v4l2_source
+
+        return v4l2_source(cfg)
+    raise SourceError(f"source.type {kind!r}: unknown; use one of {', '.join(SOURCE_TYPES)}")

@@ -1,0 +1,433 @@
+"""Sources read through PyAV (FFmpeg): a file, an RTSP camera, a V4L2 device. H.264 only, never re-encoded.
+
+- `FileSource`: .h264/.264 (raw Annex B, at source.fps), .mkv/.mp4/.mov (AVCC, converted to Annex B with SPS/PPS in
+  front of every key frame), optionally looped. Paced at the file's own frame rate for `run` (frames arrive in real
+  time, stamped on the monotonic clock), or unpaced for `kvs-edge upload` (as fast as read, stamped with the file's
+  own timestamps in ns from 0).
+- `StreamSource`: a live input that reconnects with exponential backoff. `rtsp` opens the camera over TCP
+  (rtsp_transport=tcp) with socket and read timeouts; `v4l2` asks the device for H.264 (input_format h264).
+  Transient failures (camera rebooting, network down, stream ended) are logged and retried; only problems retrying
+  cannot fix (another codec, a device that does not exist) set `error`.
+
+Another codec than H.264 gets one line naming the codec and what to do. URLs are shown with any password masked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from fractions import Fraction
+from typing import Callable
+
+from kvs_edge.media.frame import Frame
+
+from .base import NAL_PPS, NAL_SPS, Clock, Emit, Pacer, Source, SourceError, SystemClock
+
+log = logging.getLogger(__name__)
+
+RAW_H264_EXTENSIONS = (".h264", ".264", ".h26l", ".avc")
+START = b"\x00\x00\x00\x01"
+
+
+# -- pure helpers ---------------------------------------------------------------------------------------------------
+
+def redact_uri(uri: str) -> str:
+    """rtsp://user:secret@host/x -> rtsp://user:***@host/x (passwords never reach a log line or an error)."""
+    return re.sub(r"(?<=://)([^/@:]*):[^/@]*@", r"\1:***@", str(uri))
+
+
+def codec_error(what: str, codec: str, live: bool) -> SourceError:
+    if live:
+        hint = "set the camera's video encoding to H.264 in its settings"
+    else:
+        hint = "convert it first, e.g. ffmpeg -i INPUT -c:v libx264 -bf 0 -g 60 OUTPUT.mp4"
+    return SourceError(f"{what}: the video is {codec}, not H.264: kvs-edge streams H.264 without re-encoding; {hint}")
+
+
+def _split_annexb(data: bytes) -> list[bytes]:
+    """NAL units of an Annex B byte string, without start codes (trailing zero bytes belong to the start code)."""
+    nals = []
+    starts = []
+    i = data.find(b"\x00\x00\x01")
+    while i >= 0:
+        starts.append(i)
+        i = data.find(b"\x00\x00\x01", i + 3)
+    for k, s in enumerate(starts):
+        end = starts[k + 1] if k + 1 < len(starts) else len(data)
+        nal = data[s + 3:end].rstrip(b"\x00") if k + 1 < len(starts) else data[s + 3:end]
+        if nal:
+            nals.append(nal)
+    return nals
+
+
+def _parse_avcc_parameter_sets(extradata: bytes) -> tuple[int, list[bytes]]:
+    """(NAL length size, [SPS..., PPS...]) of an AVCDecoderConfigurationRecord (ISO/IEC 14496-15)."""
+    try:
+        if len(extradata) < 7 or extradata[0] != 1:
+            raise ValueError("not an avcC record")
+        length_size = (extradata[4] & 0x03) + 1
+        sets: list[bytes] = []
+        pos = 5
+        for mask in (0x1F, 0xFF):  # number of SPS (5 bits), then number of PPS (8 bits)
+            count = extradata[pos] & mask
+            pos += 1
+            for _ in range(count):
+                n = int.from_bytes(extradata[pos:pos + 2], "big")
+                nal = extradata[pos + 2:pos + 2 + n]
+                if len(nal) != n:
+                    raise ValueError("parameter set runs past the end")
+                sets.append(nal)
+                pos += 2 + n
+        return length_size, sets
+    except (IndexError, ValueError) as e:
+        raise SourceError(f"the H.264 configuration (avcC) of the input is damaged ({e}): re-mux the file") from e
+
+
+class AnnexBConverter:
+    """Turns a demuxed H.264 packet into an Annex B access unit with SPS/PPS in front of every IDR.
+
+    extradata: the stream's codec private data: an avcC record (MP4/MKV: packets are length-prefixed) or Annex B
+    parameter sets (raw H.264, RTSP sprop-parameter-sets). Parameter sets seen in-band are remembered too, so a stream
+    that sends them once still gets them on every key frame.
+    """
+
+    def __init__(self, extradata: bytes | None) -> None:
+        self.length_size: int | None = None
+        self.sps: dict[int, bytes] = {}
+        self.pps: list[bytes] = []
+        extradata = bytes(extradata or b"")
+        if extradata[:1] == b"\x01":
+            self.length_size, sets = _parse_avcc_parameter_sets(extradata)
+        else:
+            sets = _split_annexb(extradata)
+        self._remember(sets)
+
+    def _remember(self, nals: list[bytes]) -> None:
+        sps = [n for n in nals if n[0] & 0x1F == NAL_SPS]
+        pps = [n for n in nals if n[0] & 0x1F == NAL_PPS]
+        if sps:
+            self.sps = {0: sps[-1]} if len(sps) == 1 else {i: s for i, s in enumerate(sps)}
+        if pps:
+            self.pps = pps
+
+    def _nals(self, payload: bytes) -> list[bytes]:
+        if self.length_size is None:  # never sniff: an AVCC length of 256..511 starts with 00 00 01
+            return _split_annexb(payload)
+        nals, pos, n = [], 0, self.length_size
+        while pos < len(payload):
+            size = int.from_bytes(payload[pos:pos + n], "big")
+            pos += n
+            if size == 0 or pos + size > len(payload):
+                raise SourceError(f"a packet's NAL lengths do not add up (NAL of {size} bytes at {pos - n} of "
+                                  f"{len(payload)}): the file is damaged")
+            nals.append(payload[pos:pos + size])
+            pos += size
+        return nals
+
+    def convert(self, payload: bytes) -> tuple[bytes, bool]:
+        """(Annex B access unit, key) where key means the unit holds an IDR slice."""
+        nals = self._nals(payload)
+        types = [n[0] & 0x1F for n in nals]
+        key = 5 in types
+        if NAL_SPS in types or NAL_PPS in types:
+            self._remember(nals)
+        if key and not (NAL_SPS in types and NAL_PPS in types) and self.sps and self.pps:
+            head = [n for n in nals if n[0] & 0x1F in (9,)]  # an access unit delimiter stays first
+            rest = [n for n in nals if n[0] & 0x1F not in (9, NAL_SPS, NAL_PPS)]
+            nals = head + list(self.sps.values()) + self.pps + rest
+        return b"".join(START + n for n in nals), key
+
+
+class LiveTimestamps:
+    """Capture times for a live input: the stream's own spacing, mapped onto the monotonic clock of arrival.
+
+    offset = the smallest (arrival - media time) seen: a frame is never stamped later than it arrived, network jitter
+    does not show in the timestamps, and a burst of buffered frames does not push later ones into the future.
+    A media clock that jumps (camera restart) or drifts more than `max_drift_ns` behind arrival re-anchors the
+    mapping at arrival. Output is strictly increasing.
+    """
+
+    def __init__(self, max_drift_ns: int = 2_000_000_000) -> None:
+        self.max_drift_ns = max_drift_ns
+        self._offset: int | None = None
+        self._last = -1
+
+    def reset(self) -> None:
+        self._offset = None
+
+    def stamp(self, media_ns: int | None, now_ns: int) -> int:
+        if media_ns is None:
+            ts = now_ns
+        else:
+            candidate = now_ns - media_ns
+            if self._offset is None or candidate < self._offset:
+                self._offset = candidate
+            ts = media_ns + self._offset
+            if ts <= self._last or now_ns - ts > self.max_drift_ns:  # jumped back, or fell behind arrival
+                self._offset = candidate
+                ts = now_ns
+        ts = max(ts, self._last + 1)
+        self._last = ts
+        return ts
+
+
+def _media_ns(packet, time_base) -> int | None:
+    t = packet.dts if packet.dts is not None else packet.pts
+    if t is None or time_base is None:
+        return None
+    return int(Fraction(t) * Fraction(time_base) * 1_000_000_000)
+
+
+def _duration_ns(packet, time_base) -> int | None:
+    if not packet.duration or time_base is None:
+        return None
+    return int(Fraction(packet.duration) * Fraction(time_base) * 1_000_000_000)
+
+
+def _av_error_text(e: BaseException, uri: str) -> str:
+    """One line for an FFmpeg/OS error, with the URL's password masked (PyAV puts the URL into str(e))."""
+    text = getattr(e, "strerror", None) or str(e) or type(e).__name__
+    return redact_uri(str(text).replace(str(uri), redact_uri(uri)))
+
+
+# -- files ----------------------------------------------------------------------------------------------------------
+
+class FileSource(Source):
+    """A video file: paced in real time (run) or as fast as it reads (upload); optionally looped."""
+
+    def __init__(self, cfg, *, fragment_seconds: float = 2.0, paced: bool = True, clock: Clock | None = None,
+                 loop: bool | None = None) -> None:
+        super().__init__()
+        uri = getattr(cfg, "uri", None)
+        if not uri:
+            raise SourceError("source.uri is missing: give the path of an .h264, .mp4 or .mkv file")
+        self.path = os.path.expanduser(str(uri))
+        self.fps = Fraction(cfg.fps).limit_denominator(1001) if getattr(cfg, "fps", None) else Fraction(30)
+        self.loop = bool(getattr(cfg, "loop", False)) if loop is None else loop
+        self.paced = paced
+        self.clock = clock or SystemClock()
+        self.raw = self.path.lower().endswith(RAW_H264_EXTENSIONS)
+        self.name = f"file {os.path.basename(self.path)}" + (" (looped)" if self.loop else "")
+        self.width: int | None = None
+        self.height: int | None = None
+
+    def _open(self):
+        import av
+
+        if not os.path.isfile(self.path):
+            raise SourceError(f"source.uri {self.path}: no such file: check the path")
+        try:
+            container = av.open(self.path, format="h264" if self.raw else None)
+        except av.FFmpegError as e:
+            raise SourceError(f"{self.path}: cannot be read as video ({_av_error_text(e, self.path)}): "
+                              "give an .h264, .mp4 or .mkv file") from e
+        if not container.streams.video:
+            container.close()
+            raise SourceError(f"{self.path}: has no video stream: give an .h264, .mp4 or .mkv file with H.264 video")
+        stream = container.streams.video[0]
+        codec = stream.codec_context.name
+        if codec != "h264":
+            container.close()
+            raise codec_error(self.path, codec, live=False)
+        self.width, self.height = stream.codec_context.width, stream.codec_context.height
+        return container, stream
+
+    def _run(self, emit: Emit) -> None:
+        import av
+
+        pacer = Pacer(self.clock, self._stopping)
+        frame_ns = int(1_000_000_000 / self.fps)
+        offset = 0  # media ns added on each pass of a looped file
+        while not self._stopping.is_set():
+            container, stream = self._open()
+            conv = AnnexBConverter(stream.codec_context.extradata)
+            first: int | None = None
+            last_ns = -frame_ns
+            end_ns = 0
+            index = 0
+            try:
+                for packet in container.demux(stream):
+                    if self._stopping.is_set():
+                        return
+                    if packet.size == 0:
+                        continue
+                    data, key = conv.convert(bytes(packet))
+                    media = None if self.raw else _media_ns(packet, stream.time_base)
+                    if media is None:
+                        media = int(index * 1_000_000_000 / self.fps)
+                    elif first is None:
+                        first = media
+                    media = media - (first or 0)
+                    media = max(media, last_ns + 1)
+                    last_ns = media
+                    index += 1
+                    if self.raw:
+                        end_ns = int(index * 1_000_000_000 / self.fps)
+                    else:
+                        dur = _duration_ns(packet, stream.time_base)
+                        end_ns = media + (dur if dur else frame_ns)
+                    ts = pacer.wait(offset + media) if self.paced else offset + media
+                    if self._stopping.is_set():
+                        return
+                    emit(Frame(data, ts, key))
+            except av.FFmpegError as e:
+                raise SourceError(f"{self.path}: read error after {index} frames "
+                                  f"({_av_error_text(e, self.path)}): the file is damaged") from e
+            finally:
+                container.close()
+            if index == 0:
+                raise SourceError(f"{self.path}: contains no H.264 frames")
+            if not self.loop:
+                self.finished = True
+                log.info("%s: end of file after %d frames", self.name, index)
+                return
+            offset += end_ns  # the next pass starts where this one's last frame ended
+            log.debug("%s: looping", self.name)
+
+
+# -- live inputs ----------------------------------------------------------------------------------------------------
+
+class StreamSource(Source):
+    """A live input (RTSP camera, V4L2 device, or any URL FFmpeg opens) that reconnects with exponential backoff.
+
+    fatal_open: called with the exception of a failed first open; returns a SourceError to give up at once (e.g. a
+    V4L2 device that does not exist) or None to keep retrying.
+    """
+
+    def __init__(self, url: str, *, name: str, format: str | None = None, options: dict[str, str] | None = None,
+                 open_timeout: float = 10.0, read_timeout: float = 5.0, backoff_initial: float = 0.5,
+                 backoff_max: float = 30.0, clock: Clock | None = None,
+                 fatal_open: Callable[[BaseException], SourceError | None] | None = None) -> None:
+        super().__init__()
+        self.url = url
+        self.name = name
+        self.format = format
+        self.options = dict(options or {})
+        self.open_timeout = open_timeout
+        self.read_timeout = read_timeout
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.clock = clock or SystemClock()
+        self.fatal_open = fatal_open
+        self.connects = 0  # successful opens (the first one included)
+        self.reconnects = 0  # retries after a failure or an end of stream
+        self.last_failure: str | None = None
+        self.connected = False  # True while frames can flow; False while (re)connecting or backing off
+        self._wakeup = threading.Event()
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+
+    def _backoff(self, delay: float) -> None:
+        self._wakeup.wait(delay)
+
+    def _run(self, emit: Emit) -> None:
+        import av
+
+        delay = self.backoff_initial
+        stamps = LiveTimestamps()
+        ever_opened = False
+        while not self._stopping.is_set():
+            try:
+                container = av.open(self.url, format=self.format, options=self.options,
+                                    timeout=(self.open_timeout, self.read_timeout))
+            except (av.FFmpegError, OSError) as e:
+                fatal = self.fatal_open(e) if (self.fatal_open and not ever_opened) else None
+                if fatal is not None:
+                    raise fatal from e
+                why = (f"no answer within {self.open_timeout:g} s" if isinstance(e, av.ExitError)
+                       else _av_error_text(e, self.url))
+                self._retry_later(f"cannot open: {why}", delay)
+                delay = min(delay * 2, self.backoff_max)
+                continue
+            ever_opened = True
+            self.connects += 1
+            self.connected = True
+            delivered = 0
+            try:
+                if not container.streams.video:
+                    raise SourceError(f"{redact_uri(self.url)}: has no video stream: check the URL / device")
+                stream = container.streams.video[0]
+                codec = stream.codec_context.name
+                if codec != "h264":
+                    raise codec_error(redact_uri(self.url), codec, live=True)
+                log.info("%s: connected (%sx%s)", self.name, stream.codec_context.width, stream.codec_context.height)
+                conv = AnnexBConverter(stream.codec_context.extradata)
+                stamps.reset()
+                waiting_for_key = True
+                for packet in container.demux(stream):
+                    if self._stopping.is_set():
+                        return
+                    if packet.size == 0:
+                        continue
+                    data, key = conv.convert(bytes(packet))
+                    if waiting_for_key and not key:
+                        continue  # a (re)connection starts where decoding can start
+                    waiting_for_key = False
+                    ts = stamps.stamp(_media_ns(packet, stream.time_base), self.clock.monotonic_ns())
+                    emit(Frame(data, ts, key))
+                    delivered += 1
+                    if delivered == 1:
+                        delay = self.backoff_initial  # it works again: the next failure starts the backoff afresh
+                reason = "the stream ended"
+            except av.ExitError:  # PyAV's read timeout interrupted FFmpeg: the camera went quiet
+                reason = f"no video for {self.read_timeout:g} s"
+            except (av.FFmpegError, OSError) as e:
+                reason = _av_error_text(e, self.url)
+            finally:
+                self.connected = False
+                try:
+                    container.close()
+                except Exception:  # closing a broken connection may fail too; nothing to save
+                    pass
+            if self._stopping.is_set():
+                return
+            self._retry_later(f"{reason} after {delivered} frames", delay)
+            delay = min(delay * 2, self.backoff_max)
+
+    def _retry_later(self, what: str, delay: float) -> None:
+        self.last_failure = what
+        self.reconnects += 1
+        log.warning("%s: %s; retrying in %.1f s", self.name, what, delay)
+        self._backoff(delay)
+
+
+def rtsp_source(cfg, *, clock: Clock | None = None, **kw) -> StreamSource:
+    """An RTSP camera over TCP (interleaved RTP: no lost UDP packets, one port through firewalls)."""
+    uri = getattr(cfg, "uri", None)
+    if not uri:
+        raise SourceError("source.uri is missing: give the camera's RTSP URL, e.g. rtsp://user:pass@192.168.1.20/stream1")
+    read_timeout = kw.pop("read_timeout", 5.0)
+    options = {
+        "rtsp_transport": "tcp",
+        "timeout": str(int(read_timeout * 1_000_000)),  # socket I/O timeout, microseconds
+        "analyzeduration": "1000000",
+        "probesize": "1000000",
+        # frames read while probing the stream would come out in one burst with no spacing to stamp them by:
+        # drop them; the stream starts at the next key frame.
+        "fflags": "nobuffer",
+    }
+    return StreamSource(str(uri), name=f"rtsp {redact_uri(uri)}", options=options, read_timeout=read_timeout,
+                        clock=clock, **kw)
+
+
+def v4l2_source(cfg, *, clock: Clock | None = None, **kw) -> StreamSource:
+    """A V4L2 device (USB camera) that encodes H.264 itself; asked for it at the configured size and rate."""
+    device = getattr(cfg, "uri", None) or "/dev/video0"
+    options = {"input_format": "h264", "video_size": f"{int(cfg.width)}x{int(cfg.height)}",
+               "framerate": str(cfg.fps), "fflags": "nobuffer"}
+
+    def fatal(e: BaseException) -> SourceError | None:
+        if not os.path.exists(device):
+            return SourceError(f"source.uri {device}: no such V4L2 device: check the USB camera is plugged in "
+                               "(ls /dev/video*)")
+        if isinstance(e, PermissionError) or getattr(e, "errno", None) == 13:
+            return SourceError(f"{device}: permission denied: add the service user to the video group")
+        return SourceError(f"{device}: cannot deliver H.264 at {int(cfg.width)}x{int(cfg.height)}@{cfg.fps} "
+                           f"({_av_error_text(e, device)}): check `v4l2-ctl -d {device} --list-formats-ext` "
+                           "for an H.264 format and pick a listed size and rate")
+
+    return StreamSource(device, name=f"v4l2 {device}", format="v4l2", options=options, clock=clock,
+                        fatal_open=fatal, **kw)

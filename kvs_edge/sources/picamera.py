@@ -1,0 +1,216 @@
+"""The Raspberry Pi camera: Picamera2 + H264Encoder, frames handed straight to the pipeline.
+
+`picamera2` (and the libcamera bindings under it) exist only on Raspberry Pi OS (`apt install python3-picamera2`),
+so they are imported when the source starts, never when this module is imported.
+
+- Encoder: `H264Encoder` is the hardware encoder on VC4 boards (Pi Zero 2, 3, 4, CM4) and an alias of
+  `LibavH264Encoder` (libx264) on a Pi 5. It gets repeat=True (SPS/PPS before every IDR, so any fragment can start a
+  session), iperiod = fps x fragment seconds (one IDR per fragment), the bitrate, profile and the frame rate (the libav
+  encoder assumes 30 fps unless told). `enable_sps_framerate` is never passed: the libav encoder has no such parameter.
+- Capture time: `encoder.firsttimestamp + timestamp` in microseconds, on the SensorTimestamp clock (CLOCK_MONOTONIC
+  on a Pi that never suspends), converted to ns.
+- The `Output` subclass only builds a Frame and calls emit (which never blocks): a slow outputframe stalls the camera.
+- A camera that stops delivering (loose ribbon, weak power) only logs in libcamera; here a watchdog notices no frame
+  for `stall_seconds` and sets `error`, and the pipeline exits non-zero for systemd to restart it. Picamera2's stop()
+  can then block forever, so it runs on a daemon thread and is abandoned after the stop timeout.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import os
+import threading
+import time
+
+from kvs_edge.media.frame import Frame
+
+from .base import Emit, Source, SourceError
+
+log = logging.getLogger(__name__)
+
+NO_CAMERA = "no camera found: check the ribbon cable and that the camera is enabled"
+NOT_INSTALLED = ("picamera2 is not installed: on Raspberry Pi OS run `sudo apt install python3-picamera2` and create "
+                 "the venv with --system-site-packages (or use source.type: testpattern off a Pi)")
+DEFAULT_STALL_SECONDS = 5.0
+
+
+def stall_message(seconds: float) -> str:
+    return f"camera stopped delivering frames for {seconds:g} s: check the ribbon cable and power supply"
+
+
+def transform_flags(hflip: bool, vflip: bool, rotation: int) -> tuple[int, int]:
+    """(hflip, vflip) for libcamera.Transform: a 180 degree rotation is both flips; 90/270 cannot be done."""
+    if rotation not in (0, 180):
+        raise SourceError(f"source.rotation {rotation}: the camera can only rotate by 0 or 180 degrees "
+                          "(90 needs a transpose the Pi's ISP does not do); use 0 or 180")
+    flip = rotation == 180
+    return int(bool(hflip) ^ flip), int(bool(vflip) ^ flip)
+
+
+class PicameraSource(Source):
+    """Frames from a Raspberry Pi camera through Picamera2's H264Encoder."""
+
+    def __init__(self, cfg, *, fragment_seconds: float = 2.0, stall_seconds: float | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.width, self.height = int(cfg.width), int(cfg.height)
+        self.fps = cfg.fps
+        self.camera_index = int(getattr(cfg, "camera_index", 0) or 0)
+        self.iperiod = max(1, round(float(cfg.fps) * fragment_seconds))
+        self.hflip, self.vflip = transform_flags(getattr(cfg, "hflip", False), getattr(cfg, "vflip", False),
+                                                 int(getattr(cfg, "rotation", 0) or 0))
+        if stall_seconds is None:
+            stall_seconds = getattr(cfg, "stall_seconds", None)
+        self.stall_seconds = float(stall_seconds or DEFAULT_STALL_SECONDS)
+        self.model = "?"
+        self.name = f"picamera {self.camera_index} {self.width}x{self.height}@{float(self.fps):g}"
+        self.last_frame_mono: float | None = None
+        self._camera = None
+        self._recording = False
+        self._wakeup = threading.Event()
+
+    # -- the camera -------------------------------------------------------------------------------------------------
+    def _import(self):
+        try:
+            picamera2 = importlib.import_module("picamera2")
+            encoders = importlib.import_module("picamera2.encoders")
+            outputs = importlib.import_module("picamera2.outputs")
+            libcamera = importlib.import_module("libcamera")
+        except ImportError as e:
+            raise SourceError(NOT_INSTALLED) from e
+        return picamera2, encoders, outputs, libcamera
+
+    def _load_tuning(self, Picamera2):
+        tf = getattr(self.cfg, "tuning_file", None)
+        if not tf:
+            return None
+        directory, name = os.path.split(os.path.expanduser(str(tf)))
+        try:
+            return Picamera2.load_tuning_file(name, dir=directory or None)
+        except (RuntimeError, OSError, ValueError) as e:
+            raise SourceError(f"tuning file {tf!r} could not be loaded ({e}): give a full path, or a name from "
+                              "/usr/share/libcamera/ipa/rpi/vc4 (Pi 4 and older) or .../rpi/pisp (Pi 5)") from e
+
+    def _open(self, picamera2, libcamera):
+        Picamera2 = picamera2.Picamera2
+        try:
+            cameras = Picamera2.global_camera_info()
+        except Exception as e:  # libcamera not running at all
+            raise SourceError(f"{NO_CAMERA} ({type(e).__name__}: {e})") from e
+        if not cameras:
+            raise SourceError(NO_CAMERA)
+        if self.camera_index >= len(cameras):
+            models = ", ".join(f"{i}: {c.get('Model', '?')}" for i, c in enumerate(cameras))
+            raise SourceError(f"source.camera_index {self.camera_index}: no such camera (found {models}); "
+                              f"set source.camera_index to 0..{len(cameras) - 1}")
+        self.model = str(cameras[self.camera_index].get("Model", "?"))
+        self.name = f"picamera {self.camera_index} ({self.model}) {self.width}x{self.height}@{float(self.fps):g}"
+        tuning = self._load_tuning(Picamera2)
+        try:
+            camera = Picamera2(camera_num=self.camera_index, tuning=tuning)
+        except IndexError as e:  # picamera2 0.3.x: global_camera_info()[camera_num] on a camera that vanished
+            raise SourceError(NO_CAMERA) from e
+        except RuntimeError as e:
+            raise SourceError(f"camera {self.camera_index} ({self.model}) could not be opened ({e}): check that no "
+                              "other program (rpicam-vid, another kvs-edge) is using it, and the ribbon cable") from e
+        self._camera = camera
+        config = camera.create_video_configuration(
+            main={"size": (self.width, self.height), "format": "YUV420"},
+            transform=libcamera.Transform(hflip=self.hflip, vflip=self.vflip),
+            controls={"FrameRate": self.fps},
+        )
+        try:
+            camera.configure(config)
+        except (RuntimeError, ValueError) as e:
+            raise SourceError(f"camera {self.camera_index} ({self.model}) refused {self.width}x{self.height}@"
+                              f"{float(self.fps):g} ({e}): pick a size and frame rate the sensor supports") from e
+        return camera
+
+    def _encoder(self, encoders):
+        H264Encoder = encoders.H264Encoder
+        kwargs = dict(bitrate=int(self.cfg.bitrate), repeat=True, iperiod=self.iperiod, framerate=self.fps,
+                      profile=str(getattr(self.cfg, "profile", "high") or "high"))
+        try:
+            params = inspect.signature(H264Encoder).parameters
+        except (TypeError, ValueError):
+            params = {}
+        backend = "libav (libx264)" if "enable_sps_framerate" not in params else "hardware (V4L2)"
+        log.info("%s: H.264 encoder %s, %d bit/s, key frame every %d frames", self.name, backend, kwargs["bitrate"],
+                 self.iperiod)
+        return H264Encoder(**kwargs)
+
+    def _output_class(self, outputs, encoder, emit: Emit):
+        source = self
+
+        class FrameOutput(outputs.Output):
+            """Hands each encoded frame to the pipeline: build a Frame, call emit, return."""
+
+            def outputframe(self, frame, keyframe=True, timestamp=None, packet=None, audio=False):
+                if audio or frame is None:
+                    return
+                base = encoder.firsttimestamp
+                if base is None or timestamp is None:
+                    ts_ns = time.monotonic_ns()
+                else:
+                    ts_ns = (int(base) + int(timestamp)) * 1000
+                source.last_frame_mono = time.monotonic()
+                emit(Frame(bytes(frame), ts_ns, bool(keyframe)))
+
+        return FrameOutput()
+
+    # -- the source's thread: open, record, watch --------------------------------------------------------------------
+    def _run(self, emit: Emit) -> None:
+        picamera2, encoders, outputs, libcamera = self._import()
+        camera = self._open(picamera2, libcamera)
+        if self._stopping.is_set():  # stop() came while the camera was opening: it may not have seen it
+            self._camera = None
+            camera.close()
+            return
+        encoder = self._encoder(encoders)
+        output = self._output_class(outputs, encoder, emit)
+        try:
+            camera.start_recording(encoder, output)
+        except (RuntimeError, OSError, ValueError) as e:
+            raise SourceError(f"camera {self.camera_index} ({self.model}) could not start recording ({e}): "
+                              "check the camera and that /dev/video* is accessible (group video)") from e
+        self._recording = True
+        log.info("%s: recording", self.name)
+        self._watch()
+
+    def _watch(self) -> None:
+        """The watchdog: no frame for stall_seconds (counted from the start for the first one) -> error."""
+        started = time.monotonic()
+        while not self._stopping.is_set():
+            self._wakeup.wait(min(0.25, self.stall_seconds / 4))
+            last = self.last_frame_mono if self.last_frame_mono is not None else started
+            if time.monotonic() - last > self.stall_seconds and not self._stopping.is_set():
+                raise SourceError(stall_message(self.stall_seconds))
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Stop the watchdog, then stop and close the camera on a daemon thread; give up after `timeout`."""
+        deadline = time.monotonic() + timeout
+        super().stop(timeout)
+        camera = self._camera
+        if camera is None:
+            return
+        self._camera = None
+
+        def shutdown():
+            try:
+                if self._recording:
+                    camera.stop_recording()
+                camera.close()
+            except Exception as e:
+                log.warning("%s: error while stopping the camera: %s", self.name, e)
+
+        t = threading.Thread(target=shutdown, name="kvs-edge-camera-stop", daemon=True)
+        t.start()
+        t.join(max(0.0, deadline - time.monotonic()))
+        if t.is_alive():
+            log.warning("%s: camera did not stop within %.1f s (a stalled camera can block forever); leaving it",
+                        self.name, timeout)

@@ -1,0 +1,26 @@
+"""A fake monotonic clock for pacing tests: sleep() advances time at once and is recorded."""
+
+from __future__ import annotations
+
+import threading
+
+
+class FakeClock:
+    """Mirrors kvs_edge.sources.base.Clock: monotonic_ns() and sleep(seconds)."""
+
+    def __init__(self, start_ns: int = 1_000_000_000_000) -> None:
+        self.now = start_ns
+        self.slept_ns = 0
+        self.sleeps = 0
+        self._lock = threading.Lock()
+
+    def monotonic_ns(self) -> int:
+        with self._lock:
+            return self.now
+
+    def sleep(self, seconds: float) -> None:
+        step = max(0, round(seconds * 1e9))
+        with self._lock:
+            self.now += step
+            self.slept_ns += step
+            self.sleeps += 1
