@@ -64,6 +64,12 @@ def build_status(app, *, started_at: float, state_override: str | None = None) -
     }
 
 
+def _gate(app) -> WatchdogGate:
+    """Pings stop at half the stall limit: the process exits by itself at the limit (PipelineFailure); the watchdog
+    is the backstop for when it can't (a camera stop() that hangs), so it must already be running out by then."""
+    return WatchdogGate(stall_seconds=max(1.0, app.cfg.health.stall_seconds / 2))
+
+
 def summary_line(status: dict) -> str:
     b = status["backlog"]
     return (f"{status['state']}: camera {status['camera']['state']}, {status['camera']['frames']} frames, "
@@ -92,7 +98,7 @@ class Supervisor:
         self._last_backlog_log = 0.0
         self._ready_sent = False
         self.last_status: dict | None = None
-        self.gate = WatchdogGate(stall_seconds=app.cfg.health.stall_seconds)
+        self.gate = _gate(app)
         self.watchdog_every = watchdog_interval()
         self._last_ping = 0.0
 
@@ -182,7 +188,7 @@ class Supervisor:
             new_app = build(old.cfg)
         new_app.on_persisted = self.metrics.capture_to_persisted.observe
         self.app = new_app
-        self.gate = WatchdogGate(stall_seconds=new_app.cfg.health.stall_seconds)
+        self.gate = _gate(new_app)
         new_app.start()
         self.notifier.ready()
 

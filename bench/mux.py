@@ -1,0 +1,175 @@
+"""Mux benchmark: kvs-edge's fragmenter + MKV writer vs PyAV's own Matroska muxer (libavformat, C), same packets.
+
+    python bench/mux.py [--seconds 60] [--width 1920 --height 1080 --fps 30 --bitrate 8000000] [--repeat 3]
+
+The H.264 input is encoded once with PyAV's libx264 (not timed) and cached in the temp folder. Each measurement runs
+in a fresh worker process that first loads the access units into memory, then muxes them into a file:
+  CPU s        process CPU time (user + system) spent muxing, time.process_time()
+  peak +MiB    peak RSS while muxing (VmHWM, reset through /proc/self/clear_refs) minus the RSS just before
+Prints a table with the ratio ours / libavformat. Target: ours <= 1.0 in CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def rss_kib() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+def reset_peak() -> bool:
+    """Reset the kernel's peak-RSS mark (VmHWM) so that the peak of the muxing alone is measured."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def load_units(path: str) -> list[tuple[bytes, bool]]:
+    import av
+
+    with av.open(path, format="h264") as c:
+        return [(bytes(p), bool(p.is_keyframe)) for p in c.demux(video=0) if p.size]
+
+
+def work_ours(src: str, dst: str, fps: int) -> dict:
+    from kvs_edge.media import mkv
+    from kvs_edge.media.fragmenter import FragmentStart, FrameWritten, SessionStart, Fragmenter
+
+    units = load_units(src)
+    start = 1_700_000_000_000
+    rss0 = rss_kib()
+    reset_peak()
+    t0, r0 = time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
+    frag = Fragmenter()
+    with open(dst, "wb") as out:
+        write = out.write
+        for i, (data, key) in enumerate(units):
+            for e in frag.push(data, start + i * 1000 // fps, key):
+                if type(e) in (FrameWritten, FragmentStart, SessionStart):
+                    write(e.header if type(e) is SessionStart else e.data)
+        frag.close()
+        write(mkv.end_of_fragment_tag())
+    cpu = time.process_time() - t0
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    return {"cpu": cpu, "user": r1.ru_utime - r0.ru_utime, "sys": r1.ru_stime - r0.ru_stime, "peak_kib": peak_kib() - rss0, "peak_abs_kib": peak_kib(),
+            "frames": frag.stats.frames_written, "bytes": os.path.getsize(dst)}
+
+
+def work_libav(src: str, dst: str, fps: int) -> dict:
+    from fractions import Fraction
+
+    import av
+
+    units = load_units(src)
+    with av.open(src, format="h264") as c:
+        template = c.streams.video[0]
+        packets = []
+        for i, (data, key) in enumerate(units):  # packets built before timing: only the muxer is measured
+            p = av.Packet(data)
+            p.pts = p.dts = i * 1000 // fps
+            p.time_base = Fraction(1, 1000)
+            if key:
+                p.is_keyframe = True
+            packets.append(p)
+        rss0 = rss_kib()
+        reset_peak()
+        t0, r0 = time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
+        with av.open(dst, "w", format="matroska") as out:
+            st = out.add_stream_from_template(template)
+            st.time_base = Fraction(1, 1000)
+            for p in packets:
+                p.stream = st
+                out.mux(p)
+        cpu = time.process_time() - t0
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    return {"cpu": cpu, "user": r1.ru_utime - r0.ru_utime, "sys": r1.ru_stime - r0.ru_stime, "peak_kib": peak_kib() - rss0, "peak_abs_kib": peak_kib(),
+            "frames": len(packets), "bytes": os.path.getsize(dst)}
+
+
+def encode(path: Path, seconds: float, width: int, height: int, fps: int, bitrate: int) -> None:
+    from support.h264gen import make_h264
+
+    t = time.time()
+    enc = make_h264(int(seconds * fps), width, height, fps, profile="high", bitrate=bitrate)
+    path.write_bytes(enc.annexb)
+    print(f"encoded {len(enc.units)} frames {width}x{height} ({len(enc.annexb) * 8 / seconds / 1e6:.1f} Mbit/s) "
+          f"in {time.time() - t:.0f} s -> {path}", file=sys.stderr)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--width", type=int, default=1920)
+    ap.add_argument("--height", type=int, default=1080)
+    ap.add_argument("--fps", type=int, default=30)
+    ap.add_argument("--bitrate", type=int, default=8_000_000)
+    ap.add_argument("--repeat", type=int, default=3, help="runs per muxer; the median is shown")
+    ap.add_argument("--worker", choices=["ours", "libav"], help=argparse.SUPPRESS)
+    ap.add_argument("--src", help=argparse.SUPPRESS)
+    ap.add_argument("--dst", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        fn = work_ours if a.worker == "ours" else work_libav
+        print(json.dumps(fn(a.src, a.dst, a.fps)))
+        return 0
+
+    name = f"kvs-edge-bench-{a.width}x{a.height}-{a.fps}-{a.bitrate}-{a.seconds:g}s.h264"
+    src = Path(tempfile.gettempdir()) / name
+    if not src.exists():
+        encode(src, a.seconds, a.width, a.height, a.fps, a.bitrate)
+    results: dict[str, list[dict]] = {"ours": [], "libav": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(a.repeat):
+            for w in ("ours", "libav"):  # interleaved, so both see the same machine load
+                out = subprocess.run([sys.executable, __file__, "--worker", w, "--src", str(src),
+                                      "--dst", os.path.join(tmp, f"{w}.mkv"), "--fps", str(a.fps)],
+                                     capture_output=True, text=True, check=True)
+                results[w].append(json.loads(out.stdout))
+    med = {w: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for w, rs in results.items()}
+    size = src.stat().st_size
+    print(f"\nmux {int(med['ours']['frames'])} frames of {a.width}x{a.height}@{a.fps} H.264, "
+          f"{size * 8 / a.seconds / 1e6:.1f} Mbit/s ({size / 2**20:.1f} MiB), median of {a.repeat} runs\n")
+    print("| muxer | CPU s | user s | sys s | frames per CPU s | peak RSS +MiB | peak RSS MiB (incl. input) | output MiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    labels = {"ours": "kvs-edge (Python)", "libav": "libavformat matroska (PyAV)"}
+    for w in ("ours", "libav"):
+        m = med[w]
+        print(f"| {labels[w]} | {m['cpu']:.3f} | {m['user']:.3f} | {m['sys']:.3f} | {m['frames'] / max(m['cpu'], 1e-9):.0f} | "
+              f"{m['peak_kib'] / 1024:.1f} | {m['peak_abs_kib'] / 1024:.1f} | {m['bytes'] / 2**20:.2f} |")
+    ratio = med["ours"]["cpu"] / max(med["libav"]["cpu"], 1e-9)
+    po, pl = med["ours"]["peak_kib"], med["libav"]["peak_kib"]
+    mem = f"{po / pl:.2f}" if min(po, pl) >= 1024 else "- (both < 1 MiB)"
+    print(f"| ratio ours / libavformat | {ratio:.2f} | | | | {mem} | | |")
+    print(f"\nall runs CPU s: ours {[round(x['cpu'], 3) for x in results['ours']]}, "
+          f"libav {[round(x['cpu'], 3) for x in results['libav']]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""EBML/Matroska writer (pure) for the subset Kinesis Video Streams ingests (docs/kvs-putmedia.md section 4).
+
+A session is `session_header()` followed by clusters: `cluster_head()` then `simple_block()`s, with `tags()` between
+clusters. Segment and Cluster have unknown size, so the stream is written forward only, frame by frame.
+"""
+
+from __future__ import annotations
+
+import os
+
+from kvs_edge import __version__
+
+# Element IDs (Matroska)
+EBML = 0x1A45DFA3
+EBML_VERSION = 0x4286
+EBML_READ_VERSION = 0x42F7
+EBML_MAX_ID_LENGTH = 0x42F2
+EBML_MAX_SIZE_LENGTH = 0x42F3
+DOC_TYPE = 0x4282
+DOC_TYPE_VERSION = 0x4287
+DOC_TYPE_READ_VERSION = 0x4285
+SEGMENT = 0x18538067
+INFO = 0x1549A966
+SEGMENT_UID = 0x73A4
+TIMECODE_SCALE = 0x2AD7B1
+TITLE = 0x7BA9
+MUXING_APP = 0x4D80
+WRITING_APP = 0x5741
+TRACKS = 0x1654AE6B
+TRACK_ENTRY = 0xAE
+TRACK_NUMBER = 0xD7
+TRACK_UID = 0x73C5
+TRACK_TYPE = 0x83
+NAME = 0x536E
+CODEC_ID = 0x86
+CODEC_PRIVATE = 0x63A2
+VIDEO = 0xE0
+PIXEL_WIDTH = 0xB0
+PIXEL_HEIGHT = 0xBA
+CLUSTER = 0x1F43B675
+TIMECODE = 0xE7
+POSITION = 0xA7
+SIMPLE_BLOCK = 0xA3
+TAGS = 0x1254C367
+TAG = 0x7373
+SIMPLE_TAG = 0x67C8
+TAG_NAME = 0x45A3
+TAG_STRING = 0x4487
+
+UNKNOWN_SIZE = b"\xff"  # 1-byte vint with all value bits set: size unknown
+CODEC_ID_H264 = "V_MPEG4/ISO/AVC"
+APP_NAME = f"kvs-edge {__version__}"
+TRACK_NAME = "kvs_edge_video"
+END_OF_FRAGMENT = "AWS_KINESISVIDEO_END_OF_FRAGMENT"
+
+MAX_TAGS_PER_FRAGMENT = 10
+MAX_TAG_NAME_BYTES = 128
+MAX_TAG_VALUE_BYTES = 256
+MAX_CODEC_PRIVATE = 1 << 20  # the SDK's cap
+
+# cluster_head(): 1F43B675 FF | E7 88 <8-byte timecode> | A7 81 00
+CLUSTER_TIMECODE_OFFSET = 7
+CLUSTER_HEAD_SIZE = 18
+
+INT16_MIN, INT16_MAX = -32768, 32767
+
+
+# ---------------------------------------------------------------- primitives
+
+
+def encode_id(element_id: int) -> bytes:
+    """An element ID as its bytes (IDs carry their own length marker)."""
+    if element_id <= 0:
+        raise ValueError(f"invalid EBML ID {element_id:#x}")
+    n = (element_id.bit_length() + 7) // 8
+    if n > 4:
+        raise ValueError(f"EBML ID {element_id:#x} longer than 4 bytes")
+    b = element_id.to_bytes(n, "big")
+    # the first byte's leading 1 bit must mark the length: 1xxxxxxx for 1 byte, 01xxxxxx for 2, ...
+    if b[0] >> (8 - n) != 1:
+        raise ValueError(f"EBML ID {element_id:#x} has an inconsistent length marker")
+    return b
+
+
+def encode_size(size: int, width: int | None = None) -> bytes:
+    """An element data size as an EBML variable-length integer (shortest form unless `width` is given).
+
+    All-ones values are reserved for "unknown size", so e.g. 127 takes two bytes.
+    """
+    if size < 0:
+        raise ValueError("negative EBML size")
+    if width is None:
+        width = 1
+        while size >= (1 << (7 * width)) - 1:
+            width += 1
+            if width > 8:
+                raise ValueError(f"EBML size {size} too large")
+    elif not 1 <= width <= 8 or size >= (1 << (7 * width)) - 1:
+        raise ValueError(f"EBML size {size} does not fit {width} bytes")
+    return ((1 << (7 * width)) | size).to_bytes(width, "big")
+
+
+def element(element_id: int, data: bytes) -> bytes:
+    return encode_id(element_id) + encode_size(len(data)) + data
+
+
+def uint_element(element_id: int, value: int, width: int | None = None) -> bytes:
+    if value < 0:
+        raise ValueError("negative unsigned integer")
+    if width is None:
+        width = max(1, (value.bit_length() + 7) // 8)
+    return element(element_id, value.to_bytes(width, "big"))
+
+
+def string_element(element_id: int, value: str) -> bytes:
+    return element(element_id, value.encode("utf-8"))
+
+
+# ---------------------------------------------------------------- session header
+
+
+def ebml_header() -> bytes:
+    return element(EBML, b"".join((
+        uint_element(EBML_VERSION, 1),
+        uint_element(EBML_READ_VERSION, 1),
+        uint_element(EBML_MAX_ID_LENGTH, 4),
+        uint_element(EBML_MAX_SIZE_LENGTH, 8),
+        string_element(DOC_TYPE, "matroska"),
+        uint_element(DOC_TYPE_VERSION, 2),
+        uint_element(DOC_TYPE_READ_VERSION, 2),
+    )))
+
+
+def session_header(*, width: int, height: int, codec_private: bytes, segment_uid: bytes | None = None) -> bytes:
+    """EBML header + Segment of unknown size + Info + Tracks (one H.264 video track, number 1)."""
+    if segment_uid is None:
+        segment_uid = os.urandom(16)
+    if len(segment_uid) != 16:
+        raise ValueError("SegmentUID must be 16 bytes")
+    if not (0 < width < 65536 and 0 < height < 65536):
+        raise ValueError(f"invalid picture size {width}x{height}")
+    if not codec_private or len(codec_private) > MAX_CODEC_PRIVATE:
+        raise ValueError("codec private data must be 1 byte .. 1 MiB")
+    info = element(INFO, b"".join((
+        element(SEGMENT_UID, segment_uid),
+        uint_element(TIMECODE_SCALE, 1_000_000),
+        string_element(MUXING_APP, APP_NAME),
+        string_element(WRITING_APP, APP_NAME),
+    )))
+    track = element(TRACK_ENTRY, b"".join((
+        uint_element(TRACK_NUMBER, 1),
+        uint_element(TRACK_UID, 1),
+        uint_element(TRACK_TYPE, 1),
+        string_element(NAME, TRACK_NAME),
+        string_element(CODEC_ID, CODEC_ID_H264),
+        element(VIDEO, uint_element(PIXEL_WIDTH, width) + uint_element(PIXEL_HEIGHT, height)),
+        element(CODEC_PRIVATE, bytes(codec_private)),
+    )))
+    return ebml_header() + encode_id(SEGMENT) + UNKNOWN_SIZE + info + element(TRACKS, track)
+
+
+# ---------------------------------------------------------------- clusters and blocks
+
+_CLUSTER_PREFIX = encode_id(CLUSTER) + UNKNOWN_SIZE + encode_id(TIMECODE) + encode_size(8, 1)
+_POSITION_0 = uint_element(POSITION, 0)
+assert len(_CLUSTER_PREFIX) == CLUSTER_TIMECODE_OFFSET
+
+
+def cluster_head(timecode_ms: int) -> bytes:
+    """Cluster of unknown size + Timecode (8-byte uint at CLUSTER_TIMECODE_OFFSET) + Position 0."""
+    if not 0 <= timecode_ms < 1 << 64:
+        raise ValueError(f"cluster timecode {timecode_ms} out of range")
+    return _CLUSTER_PREFIX + timecode_ms.to_bytes(8, "big") + _POSITION_0
+
+
+def retime_cluster_head(head: bytes, timecode_ms: int) -> bytes:
+    """The same cluster head with its Timecode replaced (the uploader stamps the producer timestamp)."""
+    if len(head) < CLUSTER_HEAD_SIZE or not head.startswith(_CLUSTER_PREFIX):
+        raise ValueError("not a cluster head written by cluster_head()")
+    if not 0 <= timecode_ms < 1 << 64:
+        raise ValueError(f"cluster timecode {timecode_ms} out of range")
+    o = CLUSTER_TIMECODE_OFFSET
+    return head[:o] + timecode_ms.to_bytes(8, "big") + head[o + 8:]
+
+
+_SIMPLE_BLOCK_ID = encode_id(SIMPLE_BLOCK)
+
+
+def simple_block(rel_timecode: int, key: bool, payload: bytes, track: int = 1) -> bytes:
+    """SimpleBlock: track vint, int16 timecode relative to the cluster, flags (0x80 = key frame), payload."""
+    return simple_block_head(rel_timecode, key, len(payload), track) + payload
+
+
+def simple_block_head(rel_timecode: int, key: bool, payload_size: int, track: int = 1) -> bytes:
+    """The bytes of a SimpleBlock before its payload (so a caller can join the payload from pieces, copying once)."""
+    if not INT16_MIN <= rel_timecode <= INT16_MAX:
+        raise ValueError(f"block timecode {rel_timecode} ms outside the int16 range of a cluster")
+    if not 1 <= track <= 126:
+        raise ValueError("track number must be 1..126")
+    return (_SIMPLE_BLOCK_ID + encode_size(4 + payload_size) + bytes((0x80 | track,))
+            + rel_timecode.to_bytes(2, "big", signed=True) + (b"\x80" if key else b"\x00"))
+
+
+# ---------------------------------------------------------------- tags
+
+
+def validate_user_tag(name: str, value: str) -> None:
+    """Raise ValueError unless KVS would accept this fragment metadata tag."""
+    if not isinstance(name, str) or not isinstance(value, str):
+        raise ValueError("tag name and value must be strings")
+    nb = len(name.encode("utf-8"))
+    if nb == 0:
+        raise ValueError("tag name is empty")
+    if nb > MAX_TAG_NAME_BYTES:
+        raise ValueError(f"tag name {name[:40]!r}... is {nb} bytes; KVS allows at most {MAX_TAG_NAME_BYTES}")
+    if name.startswith("AWS"):
+        raise ValueError(f"tag name {name!r} starts with 'AWS', which KVS reserves")
+    vb = len(value.encode("utf-8"))
+    if vb > MAX_TAG_VALUE_BYTES:
+        raise ValueError(f"value of tag {name!r} is {vb} bytes; KVS allows at most {MAX_TAG_VALUE_BYTES}")
+
+
+def _tags(pairs: list[tuple[str, str]]) -> bytes:
+    body = b"".join(
+        element(TAG, element(SIMPLE_TAG, string_element(TAG_NAME, n) + string_element(TAG_STRING, v)))
+        for n, v in pairs)
+    return element(TAGS, body)
+
+
+def tags(pairs: list[tuple[str, str]]) -> bytes:
+    """User fragment metadata (written between clusters, before the cluster it belongs to): at most 10 tags."""
+    pairs = list(pairs)
+    if not pairs:
+        raise ValueError("no tags given")
+    if len(pairs) > MAX_TAGS_PER_FRAGMENT:
+        raise ValueError(f"{len(pairs)} tags; KVS allows at most {MAX_TAGS_PER_FRAGMENT} per fragment")
+    for n, v in pairs:
+        validate_user_tag(n, v)
+    return _tags(pairs)
+
+
+_EOF_TAG = _tags([(END_OF_FRAGMENT, "")])
+
+
+def end_of_fragment_tag() -> bytes:
+    """The AWS_KINESISVIDEO_END_OF_FRAGMENT tag that tells KVS the preceding fragment is complete."""
+    return _EOF_TAG
