@@ -3,26 +3,42 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# Debian tools some tests use (unit checks, shell lint); installed with apt when missing (CI runs as root).
+APT_TOOLS := shellcheck:shellcheck systemd-analyze:systemd
 
-.PHONY: test demo venv bench clean
+.PHONY: test demo venv tools bench image-test clean
 
 venv: $(STAMP)
 
 # (Re)install whenever the project's metadata changes; the venv is created when missing.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-test: $(STAMP)
+tools:
+	@for pair in $(APT_TOOLS); do \
+	  cmd=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$cmd >/dev/null 2>&1 && continue; \
+	  if [ "$$(id -u)" != 0 ]; then echo "make: $$cmd is missing: run 'sudo apt-get install $$pkg'" >&2; exit 1; fi; \
+	  echo "installing $$pkg (for $$cmd) with apt"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkg >/dev/null) || exit 1; \
+	done
+
+test: $(STAMP) tools
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
 	$(VENV)/bin/kvs-edge demo
 
+# Benchmarks print tables with a reference measured in the same run; they are not part of `make test`.
 bench: $(STAMP)
 	$(PY) bench/mux.py
+	$(PY) bench/emulator.py
+	$(PY) bench/upload.py
+	$(PY) bench/log.py
+	$(PY) bench/pipeline.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -15,7 +15,6 @@ import time
 from typing import Callable
 
 from kvs_edge.pipeline import PipelineFailure
-from kvs_edge.service.metrics import Metrics, serve
 from kvs_edge.service.notify import Notifier, WatchdogGate, watchdog_interval
 from kvs_edge.service.status import remove_status, write_status
 
@@ -61,7 +60,17 @@ def build_status(app, *, started_at: float, state_override: str | None = None) -
         "fragments_evicted": st.evicted_fragments,
         "clock_synced": synced,
         "last_error": link.last_error or st.last_error,
+        "latency_s": _percentiles(c.latencies),
     }
+
+
+def _percentiles(values) -> dict:
+    """Capture -> PERSISTED latency of the recent fragments (first frame's capture to the PERSISTED ACK)."""
+    v = sorted(values)
+    if not v:
+        return {"count": 0, "p50": None, "p99": None, "max": None}
+    pick = lambda q: round(v[min(len(v) - 1, int(q * len(v)))], 3)  # noqa: E731
+    return {"count": len(v), "p50": pick(0.5), "p99": pick(0.99), "max": round(v[-1], 3)}
 
 
 def _gate(app) -> WatchdogGate:
@@ -89,7 +98,11 @@ class Supervisor:
         self.notifier = notifier or Notifier()
         self.tick_s = tick_s
         self.reload = reload
-        self.metrics = Metrics()
+        self.metrics = None
+        if metrics_listen:  # prometheus_client is loaded only when metrics are asked for
+            from kvs_edge.service.metrics import Metrics
+
+            self.metrics = Metrics()
         self._metrics_server = None
         self._stop = threading.Event()
         self._hup = threading.Event()
@@ -114,13 +127,15 @@ class Supervisor:
     # -- the loop ------------------------------------------------------------------------------------------------
     def run(self, until: Callable[[], bool] | None = None, on_tick: Callable[[dict], None] | None = None) -> int:
         app = self.app
-        if self.metrics_listen:
+        if self.metrics is not None:
+            from kvs_edge.service.metrics import serve
+
             try:
                 self._metrics_server = serve(self.metrics, self.metrics_listen)
                 log.info("metrics on http://%s/metrics", self.metrics_listen)
             except OSError as e:
                 log.error("cannot serve metrics on %s: %s (continuing without)", self.metrics_listen, e.strerror or e)
-        app.on_persisted = self.metrics.capture_to_persisted.observe
+        app.on_persisted = self.metrics.capture_to_persisted.observe if self.metrics else None
         app.start()
         log.info("kvs-edge started: %s -> stream %s (%s)", getattr(app.source, "name", "source"),
                  app.cfg.stream.name, app.cfg.stream.region)
@@ -186,14 +201,15 @@ class Supervisor:
         except Exception as e:
             log.error("new configuration cannot start (%s): going back to the previous one", e)
             new_app = build(old.cfg)
-        new_app.on_persisted = self.metrics.capture_to_persisted.observe
+        new_app.on_persisted = self.metrics.capture_to_persisted.observe if self.metrics else None
         self.app = new_app
         self.gate = _gate(new_app)
         new_app.start()
         self.notifier.ready()
 
     def _publish(self, status: dict) -> None:
-        self.metrics.apply_status(status)
+        if self.metrics is not None:
+            self.metrics.apply_status(status)
         if self.status_file:
             try:
                 write_status(self.status_file, status)

@@ -27,7 +27,6 @@ from typing import Any, Callable
 
 import botocore.exceptions
 import botocore.session
-import requests
 from botocore.credentials import Credentials, DeferredRefreshableCredentials, RefreshableCredentials
 
 log = logging.getLogger(__name__)
@@ -220,6 +219,8 @@ class IotCredentialFetcher:
         return f"IotCredentialFetcher({self.url!r}, thing={self.settings.thing_name!r})"
 
     def __call__(self) -> dict:
+        import requests  # only devices using AWS IoT credentials pay for it (about 4 MB of RSS)
+
         s = self.settings
         where = f"IoT credentials provider {s.endpoint}"
         try:

@@ -1,0 +1,160 @@
+"""The appliance under load: `kvs-edge run` streaming 1080p30 H.264 at 8 Mbit/s from a file source, in real time, to
+the emulator running in another process.
+
+    python bench/pipeline.py [--seconds 60] [--width 1920 --height 1080 --fps 30 --bitrate 8000000]
+
+Measured from outside the process (/proc/<pid>/stat and status), over the steady part of the run:
+  CPU % of one core     (utime + stime) of the kvs-edge process / wall time
+  peak RSS              VmHWM of the kvs-edge process
+  latency p50 / p99     capture of a fragment's first frame -> its PERSISTED ACK, from the status file
+Reference in the same run: the same file read and paced by PyAV alone (no muxing, no log, no upload), so the table shows
+what the pipeline costs on top of reading the input. Targets: < 5 % of a core, < 80 MB RSS, p99 < fragment + 0.5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def peak_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+REFERENCE = r"""
+import sys, time, av
+path, fps, seconds = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+t0 = time.monotonic(); n = 0
+while time.monotonic() - t0 < seconds:
+    with av.open(path, format="h264") as c:
+        for p in c.demux(video=0):
+            if not p.size: continue
+            due = t0 + n / fps
+            d = due - time.monotonic()
+            if d > 0: time.sleep(d)
+            bytes(p); n += 1
+            if time.monotonic() - t0 >= seconds: break
+"""
+
+
+def measure(proc: subprocess.Popen, warmup: float, seconds: float) -> tuple[float, float]:
+    time.sleep(warmup)
+    c0, t0 = cpu_seconds(proc.pid), time.monotonic()
+    time.sleep(seconds)
+    c1, t1 = cpu_seconds(proc.pid), time.monotonic()
+    return 100.0 * (c1 - c0) / (t1 - t0), peak_rss_mb(proc.pid)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--width", type=int, default=1920)
+    ap.add_argument("--height", type=int, default=1080)
+    ap.add_argument("--fps", type=int, default=30)
+    ap.add_argument("--bitrate", type=int, default=8_000_000)
+    ap.add_argument("--fragment-seconds", type=float, default=2.0)
+    a = ap.parse_args()
+
+    from mux import encode  # bench/mux.py: the same cached input
+
+    src = Path(tempfile.gettempdir()) / f"kvs-edge-bench-{a.width}x{a.height}-{a.fps}-{a.bitrate}-60s.h264"
+    if not src.exists():
+        encode(src, 60, a.width, a.height, a.fps, a.bitrate)
+    mbit = src.stat().st_size * 8 / 60 / 1e6
+    kvs = [sys.executable, "-m", "kvs_edge"]
+    with tempfile.TemporaryDirectory(prefix="kvs-edge-bench-") as tmp:
+        port = free_port()
+        emu = subprocess.Popen(kvs + ["emulator", "--port", str(port), "--data-dir", f"{tmp}/emu"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+        try:
+            import botocore.session
+
+            from kvs_edge.emulator import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY
+            import yaml
+
+            url = f"http://127.0.0.1:{port}"
+            for _ in range(100):
+                try:
+                    socket.create_connection(("127.0.0.1", port), 0.2).close()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            s = botocore.session.Session()
+            s.set_credentials(DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY)
+            s.create_client("kinesisvideo", region_name="us-east-1", endpoint_url=url).create_stream(
+                StreamName="bench", DataRetentionInHours=24)
+            status_file = Path(tmp) / "status.json"
+            cfg = {
+                "stream": {"name": "bench", "region": "us-east-1", "fragment_seconds": a.fragment_seconds},
+                "aws": {"credentials": "static", "access_key_id": DEFAULT_ACCESS_KEY_ID,
+                        "secret_access_key": DEFAULT_SECRET_ACCESS_KEY, "endpoint_url": url},
+                "source": {"type": "file", "uri": str(src), "fps": a.fps, "loop": True},
+                "buffer": {"path": f"{tmp}/buf", "max_bytes": "1GiB"},
+                "time": {"require_sync": False},
+                "health": {"status_file": str(status_file)},
+            }
+            (Path(tmp) / "c.yaml").write_text(yaml.safe_dump(cfg))
+            os.chmod(Path(tmp) / "c.yaml", 0o600)
+            run = subprocess.Popen(kvs + ["run", "--config", f"{tmp}/c.yaml"], stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True, cwd=ROOT)
+            cpu, rss = measure(run, 5.0, a.seconds)
+            emu_cpu = cpu_seconds(emu.pid)
+            status = json.loads(status_file.read_text())
+            run.send_signal(signal.SIGTERM)
+            _, err = run.communicate(timeout=30)
+            ref = subprocess.Popen([sys.executable, "-c", REFERENCE, str(src), str(a.fps), str(a.seconds + 5)])
+            ref_cpu, ref_rss = measure(ref, 5.0, a.seconds)
+            ref.wait(30)
+        finally:
+            emu.send_signal(signal.SIGTERM)
+            emu.wait(30)
+    lat = status.get("latency_s", {})
+    print(f"\n`kvs-edge run`, file source {a.width}x{a.height}@{a.fps} at {mbit:.1f} Mbit/s in real time, "
+          f"{a.fragment_seconds:g}-s fragments, emulator in another process, {a.seconds:.0f} s measured "
+          f"after 5 s warm-up\n")
+    print("| process | CPU % of one core | peak RSS MB | latency p50 s | latency p99 s | fragments persisted |")
+    print("|---|---:|---:|---:|---:|---:|")
+    print(f"| kvs-edge run | {cpu:.1f} | {rss:.1f} | {lat.get('p50')} | {lat.get('p99')} | "
+          f"{status.get('fragments_persisted')} |")
+    print(f"| reference: PyAV reading + pacing the same file | {ref_cpu:.1f} | {ref_rss:.1f} | - | - | - |")
+    print(f"\nframes {status['camera']['frames']}, dropped {status['frames_dropped']}, "
+          f"backlog at the end {status['backlog']['fragments']} fragments; "
+          f"emulator CPU over the whole run {emu_cpu:.1f} s; targets: < 5 % CPU, < 80 MB, "
+          f"p99 < {a.fragment_seconds + 0.5:g} s")
+    if run.returncode != 0:
+        print(f"kvs-edge run exited {run.returncode}: {err[-2000:]}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
