@@ -76,7 +76,8 @@ def _percentiles(values) -> dict:
 def _gate(app) -> WatchdogGate:
     """Pings stop at half the stall limit: the process exits by itself at the limit (PipelineFailure); the watchdog
     is the backstop for when it can't (a camera stop() that hangs), so it must already be running out by then."""
-    return WatchdogGate(stall_seconds=max(1.0, app.cfg.health.stall_seconds / 2))
+    # the uploader's loop turns at least every backoff (<= 30 s) even while offline: 120 s without a turn is a wedge
+    return WatchdogGate(stall_seconds=max(1.0, app.cfg.health.stall_seconds / 2), wedge_seconds=120.0)
 
 
 def summary_line(status: dict) -> str:

@@ -118,6 +118,10 @@ class Emulator:
         """Accept another key pair as well (e.g. one a test's credential provider hands out)."""
         self._credentials[access_key_id] = secret_access_key
 
+    def remove_credentials(self, access_key_id: str) -> None:
+        """Stop accepting a key pair (as AWS does once temporary credentials expire)."""
+        self._credentials.pop(access_key_id, None)
+
     # ---------------------------------------------------------------- Python API over the store
     def create_stream(self, name: str, retention_hours: int = 24) -> str:
         return self.store.create(name, retention_hours=retention_hours)["StreamARN"]

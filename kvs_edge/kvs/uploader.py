@@ -130,6 +130,7 @@ class Uploader:
         self._waiting_for_clock = False
         self.connected = False
         self.stats = UploaderStats()
+        self.heartbeat = clock()  # monotonic time the upload loop last went round (for the watchdog)
 
     # -------------------------------------------------------------- public
 
@@ -165,6 +166,7 @@ class Uploader:
 
     def _loop(self, stop: threading.Event, until_empty: bool) -> bool:
         while not stop.is_set():
+            self.heartbeat = self._clock()
             if until_empty and self._log_empty():
                 return True
             try:
@@ -316,6 +318,7 @@ class _Run:
         self.apply(s.start())
         wait = 0.0
         while s.ended is None:
+            up.heartbeat = up._clock()
             try:
                 acks = self.conn.poll(wait)
             except T.ConnectionLost as e:
