@@ -26,6 +26,27 @@ from kvs_edge.sources import open_source
 log = logging.getLogger(__name__)
 
 
+FREE_SPACE_RESERVE = 64 << 20  # left free for the system on the buffer's file system
+
+
+def buffer_cap(buffer: Path, max_bytes: int) -> int:
+    """buffer.max_bytes, lowered to what the file system can hold (with a reserve), so that a long outage evicts the
+    oldest video from a full log instead of running the disk full."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(buffer).free
+    except OSError:
+        return max_bytes
+    held = sum(f.stat().st_size for f in (buffer / "log").glob("*") if f.is_file()) if (buffer / "log").is_dir() else 0
+    room = max(free + held - FREE_SPACE_RESERVE, 16 << 20)
+    if room < max_bytes:
+        log.warning("buffer.max_bytes is %.0f MB but %s has room for %.0f MB: buffering at most %.0f MB",
+                    max_bytes / 1e6, buffer, room / 1e6, room / 1e6)
+        return room
+    return max_bytes
+
+
 class StreamLink:
     """The uploader thread's body: find the stream (with retries), then run the Uploader until stopped.
 
@@ -126,8 +147,8 @@ class Appliance:
         self.credentials = resolve_credentials(cfg.aws, config_path=config_path, defer=True)
         self.control = ControlPlane(cfg.stream.region, self.credentials, endpoint_url=cfg.aws.endpoint_url,
                                     ca_bundle=cfg.aws.ca_bundle)
-        self.log = FragmentLog(buffer / "log", cfg.buffer.max_bytes, boot_id=self.timebase.boot_id,
-                               sync_interval_s=cfg.buffer.sync_seconds)
+        self.log = FragmentLog(buffer / "log", buffer_cap(buffer, cfg.buffer.max_bytes),
+                               boot_id=self.timebase.boot_id, sync_interval_s=cfg.buffer.sync_seconds)
         self.source = source or open_source(cfg.source, fragment_seconds=cfg.stream.fragment_seconds,
                                             stall_seconds=cfg.health.stall_seconds)
         self.link = StreamLink(self)

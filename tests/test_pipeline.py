@@ -158,3 +158,26 @@ def test_camera_thread_never_blocks_on_a_stalled_muxer(tmp_path):
     first = reopened.next_fragment(None, timeout=0)
     assert first is not None and first.complete
     reopened.close()
+
+
+@pytest.mark.timeout(60)
+def test_buffer_cap_is_lowered_to_what_the_file_system_holds(tmp_path):
+    """A Pi whose SD card has less room than buffer.max_bytes: the log's cap shrinks (so eviction, not ENOSPC,
+    bounds a long outage). Needs a real small file system: a tmpfs mounted for the test (CI runs as root)."""
+    import subprocess
+
+    from kvs_edge.appliance import FREE_SPACE_RESERVE, buffer_cap
+
+    mnt = tmp_path / "card"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    assert r.returncode == 0, f"this test needs root to mount a tmpfs: {r.stderr.strip()}"
+    try:
+        cap = buffer_cap(mnt, 1 << 30)
+        assert 128 * 2**20 - FREE_SPACE_RESERVE - 2**20 <= cap <= 128 * 2**20 - FREE_SPACE_RESERVE
+        assert buffer_cap(mnt, 32 << 20) == 32 << 20  # a cap that fits is kept
+        (mnt / "log").mkdir()
+        (mnt / "log" / "seg").write_bytes(b"x" * (40 << 20))  # the log's own bytes count as room
+        assert abs(buffer_cap(mnt, 1 << 30) - cap) <= 2**20
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
