@@ -229,3 +229,32 @@ def test_invalid_config_exits_78_without_restart_loop(tmp_path):
     r = subprocess.run(KVS_EDGE + ["run", "--config", str(bad)], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert r.returncode == 78
     assert "stream.nmae: unknown key, did you mean stream.name?" in r.stderr
+
+
+@pytest.mark.timeout(120)
+def test_sighup_reloads_a_valid_config_and_keeps_running_on_a_broken_one(emulator, tmp_path):
+    emulator.create_stream("cam")
+    emulator.create_stream("cam2")
+    buf = tmp_path / "buf"
+    cfg_path = tmp_path / "c.yaml"
+    data = config_dict(emulator, buf)
+    write_config(cfg_path, data)
+    status_file = buf / "status.json"
+    proc = _start(KVS_EDGE + ["run", "--config", str(cfg_path)])
+    try:
+        wait_until(lambda: _status(status_file).get("fragments_persisted", 0) >= 2, 60, "streaming to cam")
+        cfg_path.write_text("stream:\n  nmae: cam\n")  # a broken edit: reported, the running configuration stays
+        proc.send_signal(signal.SIGHUP)
+        persisted = _status(status_file)["fragments_persisted"]
+        wait_until(lambda: _status(status_file).get("fragments_persisted", 0) >= persisted + 2, 30,
+                   "streaming to go on after a broken reload")
+        assert proc.poll() is None
+        data["stream"]["name"] = "cam2"  # a valid edit: the pipeline restarts on the new stream
+        write_config(cfg_path, data)
+        proc.send_signal(signal.SIGHUP)
+        wait_until(lambda: len(emulator.archive("cam2")) >= 2, 40, "fragments in the new stream")
+    finally:
+        code, _, err = _stop(proc)
+    assert code == 0, err
+    assert "reload refused" in err and "stream.nmae: unknown key, did you mean stream.name?" in err
+    assert "configuration changed" in err
