@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--persist-delay", type=float, default=None, help="seconds between RECEIVED and PERSISTED")
     s.add_argument("--max-connection-seconds", type=float, default=None, help="ERROR 4003 after this (default 2700)")
     s.add_argument("--list", metavar="STREAM", default=None, help="print the archive index of STREAM and exit")
+    s.add_argument("--iot-port", type=int, default=None,
+                   help="also serve an AWS IoT credentials provider (mutual TLS) on this port (0: a free one); "
+                        "needs --tls-cert/--tls-key and --iot-client-ca")
+    s.add_argument("--iot-client-ca", default=None, help="CA (PEM) that signed the device certificates it accepts")
+    s.add_argument("--iot-lifetime", type=float, default=900.0, help="lifetime of the credentials it issues (s)")
+    s.add_argument("--iot-role-alias", default="kvs-edge-role")
     s.add_argument("--fault", action="append", default=[], metavar="SPEC",
                    help="inject a fault, e.g. drop-after-bytes=100000, error=5000@3, refuse=5, stall=10, rate=1000000")
 

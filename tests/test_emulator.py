@@ -481,3 +481,43 @@ def test_cli_lists_the_archive_and_runs_until_sigterm(emulator, tmp_path):
     badfault = subprocess.run([sys.executable, "-m", "kvs_edge", "emulator", "--fault", "explode=1"],
                               capture_output=True, text=True, timeout=60)
     assert badfault.returncode == 2 and "unknown fault" in badfault.stderr
+
+
+def test_cli_serves_an_iot_credentials_provider_whose_keys_the_endpoint_accepts(tmp_path):
+    """`kvs-edge emulator --iot-port 0`: a device certificate buys short-lived keys that KVS then accepts."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    import trustme
+
+    from kvs_edge.config import AwsConfig, IotConfig
+    from kvs_edge.kvs.control import ControlPlane
+    from kvs_edge.kvs.credentials import resolve_credentials
+    from support.pki import client_files, server_files, write_ca
+
+    server_ca, device_ca = trustme.CA(), trustme.CA()
+    srv = server_files(server_ca, tmp_path / "srv")
+    dev = client_files(device_ca, tmp_path / "dev", "camera-07")
+    proc = subprocess.Popen([sys.executable, "-m", "kvs_edge", "emulator", "--port", "0", "--data-dir",
+                             str(tmp_path / "data"), "--tls-cert", str(srv.cert_file), "--tls-key", str(srv.key_file),
+                             "--iot-port", "0", "--iot-client-ca", str(write_ca(device_ca, tmp_path / "dev-ca.pem")),
+                             "--iot-lifetime", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        info = None
+        for line in proc.stdout:
+            if line.startswith("{"):
+                info = json.loads(line)
+                break
+        assert info and info["iot_endpoint"], proc.stderr.read() if info is None else info
+        creds = resolve_credentials(AwsConfig(credentials="iot", iot=IotConfig(
+            endpoint=info["iot_endpoint"], role_alias=info["iot_role_alias"], thing_name="camera-07",
+            cert_file=str(dev.cert_file), key_file=str(dev.key_file), ca_file=str(srv.ca_file))))
+        assert creds.get_frozen_credentials().access_key != info["access_key_id"]  # issued, not the demo key
+        cp = ControlPlane("us-east-1", creds, endpoint_url=info["url"], ca_bundle=str(srv.ca_file))
+        cp.ensure_stream("fleet-cam", create=True, retention_hours=24)
+        assert cp.describe_stream("fleet-cam")["StreamName"] == "fleet-cam"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(15)

@@ -55,6 +55,24 @@ def main(args) -> int:
     except (OSError, ValueError) as e:
         print(f"kvs-edge emulator: cannot use the TLS certificate/key: {e}", file=sys.stderr)
         return EXIT_USAGE
+    iot = None
+    if args.iot_port is not None:
+        if not (args.tls_cert and args.iot_client_ca):
+            print("kvs-edge emulator: --iot-port needs --tls-cert/--tls-key (its server certificate) and "
+                  "--iot-client-ca (the CA of the device certificates)", file=sys.stderr)
+            return EXIT_USAGE
+        from kvs_edge.emulator.iot import IotCredentialsServer
+
+        # like the real provider: fresh short-lived keys at every request, accepted by the KVS endpoint
+        try:
+            iot = IotCredentialsServer(args.tls_cert, args.tls_key, args.iot_client_ca, access_key_id=akid,
+                                       secret_access_key="unused", lifetime_s=args.iot_lifetime,
+                                       role_alias=args.iot_role_alias, host=args.host, port=args.iot_port,
+                                       rotate_keys=True, on_issue=emu.add_credentials)
+        except OSError as e:
+            print(f"kvs-edge emulator: cannot serve the IoT credentials provider on port {args.iot_port}: "
+                  f"{e.strerror or e}", file=sys.stderr)
+            return EXIT_FAILURE
     try:
         later = [parse_fault_spec(spec, emu.faults) for spec in args.fault]
     except FaultSpecError as e:
@@ -66,6 +84,8 @@ def main(args) -> int:
         print(f"kvs-edge emulator: cannot listen on {args.host}:{args.port}: {e.strerror or e}; "
               f"pick another --port", file=sys.stderr)
         return EXIT_FAILURE
+    if iot is not None:
+        iot.start()
     for start in later:
         if start:
             start()
@@ -78,11 +98,18 @@ def main(args) -> int:
     else:
         print(f"accepted credentials (demo): AWS_ACCESS_KEY_ID={akid} "
               f"AWS_SECRET_ACCESS_KEY={DEFAULT_SECRET_ACCESS_KEY}")
-    print(json.dumps({"url": emu.url, "region": args.region, "access_key_id": akid}), flush=True)
+    info = {"url": emu.url, "region": args.region, "access_key_id": akid}
+    if iot is not None:
+        info |= {"iot_endpoint": iot.endpoint, "iot_role_alias": iot.role_alias}
+        print(f"AWS IoT credentials provider on https://{iot.endpoint} (role alias {iot.role_alias}, "
+              f"credentials valid {args.iot_lifetime:g} s)")
+    print(json.dumps(info), flush=True)
     try:
         while not stop.wait(0.5):
             pass
     finally:
+        if iot is not None:
+            iot.stop()
         emu.stop()
     print("KVS emulator stopped", flush=True)
     return EXIT_OK
