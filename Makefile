@@ -38,7 +38,13 @@ bench: $(STAMP)
 	$(PY) bench/emulator.py
 	$(PY) bench/upload.py
 	$(PY) bench/log.py
+	$(PY) bench/drain.py
 	$(PY) bench/pipeline.py
+
+# Debian arm64 root file system under qemu-user-static, kvs-edge installed by the pi-gen stage's install path,
+# then checked inside it (see docs/image.md). Needs root; installs debootstrap/qemu-user-static/binfmt-support.
+image-test: $(STAMP)
+	bash image-build/image-test.sh
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -7,9 +7,14 @@
     def test_y(tls_emulator):        # the same over https; tls_emulator.ca_file is the CA to trust
 
     def test_z(make_emulator):       # make_emulator(persist_delay_s=0.5, idle_timeout_s=2, tls=True, ...) -> started
+
+    def test_w(sim):                 # the fake picamera2/libcamera world (tests/fakes)
 """
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 import pytest
 import trustme
@@ -58,3 +63,26 @@ def emulator(make_emulator) -> Emulator:
 def tls_emulator(make_emulator) -> Emulator:
     """A running emulator over TLS; `tls_emulator.ca_file` is the trustme CA (PEM) that signed its certificate."""
     return make_emulator(tls=True)
+
+
+FAKES = Path(__file__).resolve().parent / "fakes"
+
+
+def _purge_fake_camera_modules() -> None:
+    for name in list(sys.modules):
+        if name in ("picamera2", "libcamera") or name.startswith("picamera2."):
+            del sys.modules[name]
+
+
+@pytest.fixture
+def sim(monkeypatch):
+    """The fake Pi camera world (tests/fakes/picamera2_sim.py), reset; picamera2 itself is imported only when a source
+    starts, after the test set the world up (`sim.reset(platform="pisp", stall_after_frames=...)`)."""
+    monkeypatch.syspath_prepend(str(FAKES))
+    _purge_fake_camera_modules()
+    import picamera2_sim
+
+    picamera2_sim.reset()
+    yield picamera2_sim
+    picamera2_sim.world.unblock.set()  # release a stalled fake camera's stop()
+    _purge_fake_camera_modules()

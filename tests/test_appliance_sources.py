@@ -14,25 +14,7 @@ from kvs_edge.config import parse_config
 from support.appliance import archived_frames, config_dict, wait_until
 from support.h264gen import make_h264
 
-FAKES = Path(__file__).resolve().parent / "fakes"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _purge_fake_modules() -> None:
-    for name in list(sys.modules):
-        if name in ("picamera2", "libcamera") or name.startswith("picamera2."):
-            del sys.modules[name]
-
-
-@pytest.fixture
-def sim(monkeypatch):
-    monkeypatch.syspath_prepend(str(FAKES))
-    _purge_fake_modules()
-    import picamera2_sim
-
-    yield picamera2_sim
-    picamera2_sim.world.unblock.set()
-    _purge_fake_modules()
 
 
 def _stream_until(app, fragments: int, timeout: float = 40) -> None:

@@ -20,26 +20,7 @@ from kvs_edge.sources import SourceError, open_source
 from kvs_edge.sources.base import NAL_IDR, NAL_PPS, NAL_SPS, nal_types
 from kvs_edge.sources.picamera import NO_CAMERA, NOT_INSTALLED, PicameraSource, stall_message
 
-FAKES = Path(__file__).resolve().parent / "fakes"
-
-
-def _purge_fake_modules() -> None:
-    for name in list(sys.modules):
-        if name in ("picamera2", "libcamera") or name.startswith("picamera2."):
-            del sys.modules[name]
-
-
-@pytest.fixture
-def sim(monkeypatch):
-    """The fake camera world; picamera2 itself is imported only when a source starts (after the test set it up)."""
-    monkeypatch.syspath_prepend(str(FAKES))
-    _purge_fake_modules()
-    import picamera2_sim
-
-    picamera2_sim.reset()
-    yield picamera2_sim
-    picamera2_sim.world.unblock.set()  # release a stalled fake camera's stop()
-    _purge_fake_modules()
+from conftest import _purge_fake_camera_modules as _purge_fake_modules  # noqa: E402
 
 
 def cfg(**over):

@@ -52,12 +52,8 @@ class FragmentPersisted:
     latency_s: float  # from its first byte on the wire to its acknowledgement
 
 
-@dataclass(frozen=True, slots=True)
-class FragmentSkipped:
-    seq: int
-    producer_ms: int
-    error_id: int | None
-    error_code: str | None
+# FragmentSkipped(seq, producer_ms, error_id, error_code): the session's own event, passed on as it is
+FragmentSkipped = P.FragmentSkipped
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,7 +433,7 @@ class _Run:
                 up.stats.fragments_skipped += 1
                 log.error("fragment %d (producer timestamp %d) skipped: KVS error %s %s", ev.seq, ev.producer_ms,
                           ev.error_id, ev.error_code or "")
-                up._emit(FragmentSkipped(ev.seq, ev.producer_ms, ev.error_id, ev.error_code))
+                up._emit(ev)
             elif isinstance(ev, P.Report):
                 log.warning("%s", ev.message)
             elif isinstance(ev, P.SessionEnded):
