@@ -12,6 +12,19 @@ from kvs_edge.config import ConfigError, config_warnings, has_placeholders, load
 log = logging.getLogger("kvs_edge")
 
 
+def tune_malloc() -> None:
+    """Frames over 128 KB (1080p key frames) are mmap'd and handed back to the kernel when freed, and threads share
+    at most two malloc arenas: the RSS of a days-long run stays flat (measured by bench/pipeline.py). glibc only."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD (fixed: no dynamic growth)
+        libc.mallopt(-8, 2)  # M_ARENA_MAX
+    except (OSError, AttributeError):
+        pass
+
+
 def load_valid(path: str):
     """The configuration at path, or ConfigError with every message (placeholders count as errors for `run`)."""
     cfg = load_config(path)
@@ -27,6 +40,7 @@ def build_appliance(cfg, path: str):
 
 
 def main(args) -> int:
+    tune_malloc()
     try:
         cfg = load_valid(args.config)
     except ConfigError as e:
