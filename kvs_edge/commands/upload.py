@@ -46,6 +46,8 @@ def mux_file_into_log(path: str, fps: float | None, frag_log, fragment_seconds: 
     from kvs_edge.media.fragmenter import FragmentEnd, FragmentStart, Fragmenter, FrameWritten, Notice, SessionStart
     from kvs_edge.sources.av import FileSource
 
+    # this command reports a failed source itself, in one line: the source's own journal line would repeat it
+    logging.getLogger("kvs_edge.sources").setLevel(logging.CRITICAL)
     src_cfg = types.SimpleNamespace(type="file", uri=path, fps=fps or 30, loop=False)
     source = FileSource(src_cfg, fragment_seconds=fragment_seconds, paced=False)
     fragmenter = Fragmenter(target_ms=int(fragment_seconds * 1000))
