@@ -56,7 +56,7 @@ def build_status(app, *, started_at: float, state_override: str | None = None) -
         "backlog": {"fragments": st.fragments, "bytes": st.bytes, "seconds": round(st.backlog_ms / 1000.0, 3)},
         "last_persisted_age_s": None if c.last_persisted_mono is None else round(now_mono - c.last_persisted_mono, 3),
         "fragments_persisted": c.fragments_persisted,
-        "frames_dropped": c.frames_dropped + sum(v for k, v in c.notices.items() if k.startswith("dropped")),
+        "frames_dropped": c.frames_dropped + p.fragmenter.stats.dropped,  # queue full + refused by the muxer
         "fragments_evicted": st.evicted_fragments,
         "clock_synced": synced,
         "last_error": link.last_error or st.last_error,
