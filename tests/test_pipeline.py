@@ -181,3 +181,22 @@ def test_buffer_cap_is_lowered_to_what_the_file_system_holds(tmp_path):
         assert abs(buffer_cap(mnt, 1 << 30) - cap) <= 2**20
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.mark.timeout(120)
+def test_boot_without_network_captures_and_delivers_later(emulator, tmp_path):
+    """KVS (control plane included) unreachable from the start: video is captured into the log, and sent once the
+    network comes up."""
+    emulator.create_stream("cam")
+    emulator.faults.set_offline(True)
+    app = Appliance(parse_config(config_dict(emulator, tmp_path / "buf"), "<test>"))
+    app.start()
+    wait_until(lambda: app.pipeline.counters.fragments_written >= 5, 30, "fragments captured while offline")
+    assert app.link.state == "offline" and app.link.last_error
+    assert emulator.archive("cam") == []
+    emulator.faults.set_offline(False)
+    wait_until(lambda: app.link.state == "connected", 60, "the link to come up")
+    _run_until_drained(app)
+    entries = emulator.archive("cam")
+    assert _in_order(entries)
+    assert archived_frames(emulator) == app.source.frames
