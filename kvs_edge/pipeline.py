@@ -18,8 +18,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
-from kvs_edge.media.fragmenter import FragmentEnd, FragmentStart, Fragmenter, FrameWritten, Notice, SessionStart
+from kvs_edge.media.fragmenter import Fragmenter
 from kvs_edge.media.frame import Frame
+from kvs_edge.recorder import Recorder
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,7 @@ class Pipeline:
         self._queue: queue.Queue = queue.Queue(maxsize=queue_frames)
         self._dropping = False
         self._stop = threading.Event()
-        self._header_id: int | None = None
-        self._fragment_open = False
+        self.recorder = Recorder(frag_log)
         self._capture_ms: dict[int, int] = {}  # seq -> capture ms of its first frame, for the latency figure
         self._threads: list[threading.Thread] = []
         self._muxer_error: BaseException | None = None
@@ -155,28 +155,17 @@ class Pipeline:
             self._muxer_error = e
 
     def _apply(self, events) -> None:
-        for ev in events:
-            if isinstance(ev, FrameWritten):
-                self.log.append(ev.data, ev.timecode_ms)
-            elif isinstance(ev, FragmentStart):
-                seq = self.log.start_fragment(self._header_id, ev.timecode_ms, ev.data)
-                self._fragment_open = True
-                self._capture_ms[seq] = ev.timecode_ms
-                if len(self._capture_ms) > 4096:
-                    self._capture_ms.pop(next(iter(self._capture_ms)))
-            elif isinstance(ev, FragmentEnd):
-                if self._fragment_open:
-                    self.log.end_fragment()
-                    self._fragment_open = False
-                    self.counters.fragments_written += 1
-            elif isinstance(ev, SessionStart):
-                self._header_id = self.log.add_header(ev.header)
-                log.info("video %dx%d: new stream header", ev.width, ev.height)
-            elif isinstance(ev, Notice):
-                n = self.counters.notices
-                n[ev.kind] = n.get(ev.kind, 0) + 1
-                if n[ev.kind] <= 3 or n[ev.kind] % 100 == 0:
-                    log.warning("%s (%d so far)", ev.message, n[ev.kind])
+        started, notices = self.recorder.apply(events)
+        self.counters.fragments_written = self.recorder.fragments
+        for seq, first_ms in started:
+            self._capture_ms[seq] = first_ms
+            if len(self._capture_ms) > 4096:
+                self._capture_ms.pop(next(iter(self._capture_ms)))
+        for ev in notices:
+            n = self.counters.notices
+            n[ev.kind] = n.get(ev.kind, 0) + 1
+            if n[ev.kind] <= 3 or n[ev.kind] % 100 == 0:
+                log.warning("%s (%d so far)", ev.message, n[ev.kind])
 
     def fragment_persisted(self, seq: int) -> float | None:
         """Count an acknowledged fragment; returns its capture -> PERSISTED latency in seconds (first frame), when

@@ -16,7 +16,7 @@ from typing import Callable
 
 from kvs_edge.pipeline import PipelineFailure
 from kvs_edge.service.notify import Notifier, WatchdogGate, watchdog_interval
-from kvs_edge.service.status import remove_status, write_status
+from kvs_edge.service.status import write_status
 
 log = logging.getLogger("kvs_edge")
 

@@ -49,9 +49,10 @@ def test_pi_camera_through_the_appliance(sim, emulator, tmp_path, platform):
     assert archived_frames(emulator) == app.source.frames == _decoded_frames(emulator)
     entries = emulator.archive("cam")
     assert all(not e.defects for e in entries)
-    # producer timestamps are the sensor timestamps moved to the wall clock: 1-s fragments, 15 fps
+    # producer timestamps are the sensor timestamps moved to the wall clock: fragments of at least the 1-s target,
+    # cut at key frames (the Pi 5's libav encoder keeps x264's scene-cut key frames, so a GOP can run longer)
     gaps = [b.producer_ts_ms - a.producer_ts_ms for a, b in zip(entries, entries[1:])]
-    assert gaps and all(900 <= g <= 1200 for g in gaps), gaps
+    assert gaps and all(900 <= g <= 2100 for g in gaps), gaps
 
 
 @pytest.mark.timeout(120)

@@ -11,7 +11,6 @@ import logging
 import os
 import sys
 import tempfile
-import threading
 import time
 import types
 
@@ -43,7 +42,8 @@ def _settings(args):
 
 def mux_file_into_log(path: str, fps: float | None, frag_log, fragment_seconds: float) -> dict:
     """Read the file with the file source (unpaced: the file's own timestamps) and write its fragments to the log."""
-    from kvs_edge.media.fragmenter import FragmentEnd, FragmentStart, Fragmenter, FrameWritten, Notice, SessionStart
+    from kvs_edge.media.fragmenter import Fragmenter
+    from kvs_edge.recorder import Recorder
     from kvs_edge.sources.av import FileSource
 
     # this command reports a failed source itself, in one line: the source's own journal line would repeat it
@@ -51,35 +51,23 @@ def mux_file_into_log(path: str, fps: float | None, frag_log, fragment_seconds: 
     src_cfg = types.SimpleNamespace(type="file", uri=path, fps=fps or 30, loop=False)
     source = FileSource(src_cfg, fragment_seconds=fragment_seconds, paced=False)
     fragmenter = Fragmenter(target_ms=int(fragment_seconds * 1000))
-    state = {"header": None, "fragments": 0, "frames": 0, "notices": []}
-    done = threading.Event()
+    recorder = Recorder(frag_log)
+    notices: list[str] = []
 
     def apply(events):
-        for ev in events:
-            if isinstance(ev, SessionStart):
-                state["header"] = frag_log.add_header(ev.header)
-            elif isinstance(ev, FragmentStart):
-                frag_log.start_fragment(state["header"], ev.timecode_ms, ev.data)
-            elif isinstance(ev, FrameWritten):
-                frag_log.append(ev.data, ev.timecode_ms)
-                state["frames"] += 1
-            elif isinstance(ev, FragmentEnd):
-                frag_log.end_fragment()
-                state["fragments"] += 1
-            elif isinstance(ev, Notice):
-                state["notices"].append(ev.message)
+        notices.extend(n.message for n in recorder.apply(events)[1])
 
     def emit(frame):
         apply(fragmenter.push(frame.data, frame.timestamp_ns // 1_000_000, frame.key))
 
     source.start(emit)
-    while not (source.finished or source.error) and not done.wait(0.05):
-        pass
+    while not (source.finished or source.error):
+        time.sleep(0.05)
     source.stop()
     if source.error:
         raise ValueError(str(source.error))
     apply(fragmenter.close())
-    return state
+    return {"fragments": recorder.fragments, "frames": recorder.frames, "notices": notices}
 
 
 def main(args) -> int:

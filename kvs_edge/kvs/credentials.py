@@ -23,11 +23,14 @@ import os
 import stat
 import urllib.parse
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import botocore.exceptions
 import botocore.session
 from botocore.credentials import Credentials, DeferredRefreshableCredentials, RefreshableCredentials
+
+if TYPE_CHECKING:
+    import requests
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,45 @@
+"""Fragmenter events -> the fragment log: the one place that knows how a fragment is recorded.
+
+Used by the appliance's muxer thread and by `kvs-edge upload`. Returns the Notices so that each caller reports them
+its own way (journal lines, or one line on stderr).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from kvs_edge.media.fragmenter import FragmentEnd, FragmentStart, FrameWritten, Notice, SessionStart
+
+log = logging.getLogger(__name__)
+
+
+class Recorder:
+    def __init__(self, frag_log) -> None:
+        self.log = frag_log
+        self.header_id: int | None = None
+        self.open_seq: int | None = None  # the fragment being written
+        self.fragments = 0
+        self.frames = 0
+
+    def apply(self, events) -> tuple[list[tuple[int, int]], list[Notice]]:
+        """Write the events; returns ((seq, first timecode ms) of the fragments started, notices)."""
+        started: list[tuple[int, int]] = []
+        notices: list[Notice] = []
+        for ev in events:
+            if isinstance(ev, FrameWritten):
+                self.log.append(ev.data, ev.timecode_ms)
+                self.frames += 1
+            elif isinstance(ev, FragmentStart):
+                self.open_seq = self.log.start_fragment(self.header_id, ev.timecode_ms, ev.data)
+                started.append((self.open_seq, ev.timecode_ms))
+            elif isinstance(ev, FragmentEnd):
+                if self.open_seq is not None:
+                    self.log.end_fragment()
+                    self.open_seq = None
+                    self.fragments += 1
+            elif isinstance(ev, SessionStart):
+                self.header_id = self.log.add_header(ev.header)
+                log.info("video %dx%d: new stream header", ev.width, ev.height)
+            elif isinstance(ev, Notice):
+                notices.append(ev)
+        return started, notices
