@@ -17,8 +17,8 @@ from kvs_edge.clock import Timebase
 from kvs_edge.config import Config
 from kvs_edge.kvs.control import ControlPlane, ControlPlaneError, DataEndpoint
 from kvs_edge.kvs.credentials import resolve_credentials
-from kvs_edge.kvs.uploader import (Backoff, Connected, Disconnected, Error, FragmentPersisted, FragmentSkipped,
-                                   Uploader)
+from kvs_edge.kvs.putmedia import SessionEndKind
+from kvs_edge.kvs.uploader import Connected, Disconnected, Error, FragmentSkipped, Uploader
 from kvs_edge.log import FragmentLog
 from kvs_edge.pipeline import Pipeline
 from kvs_edge.sources import open_source
@@ -50,11 +50,14 @@ def buffer_cap(buffer: Path, max_bytes: int) -> int:
 class StreamLink:
     """The uploader thread's body: find the stream (with retries), then run the Uploader until stopped.
 
-    Holds the connection state that status, metrics and the journal report.
+    Holds the connection state that status, metrics and the journal report. That state is changed only by
+    `apply_event`, on the thread that drains the pipeline's event queue (the supervisor's): the uploader thread
+    posts its events there and touches nothing but `heartbeat`.
     """
 
-    def __init__(self, app: "Appliance") -> None:
+    def __init__(self, app: "Appliance", events) -> None:
         self.app = app
+        self.events = events  # EventQueue: uploader thread -> supervisor
         self.state = "connecting"  # connecting | connected | offline
         self.since = time.time()
         self.last_error: str | None = None
@@ -90,10 +93,10 @@ class StreamLink:
                 keeps_data = int(info.get("DataRetentionInHours") or 0) > 0
                 break
             except ControlPlaneError as e:
-                self._set_state("offline", str(e))
+                self.events.post(Disconnected(str(e), SessionEndKind.CONNECTION))
                 log.error("%s (retrying in %.0f s)", e, delay)
             except Exception as e:  # DNS, TLS, a bug: never kill the thread that must keep retrying
-                self._set_state("offline", f"control plane: {e}")
+                self.events.post(Disconnected(f"control plane: {e}", SessionEndKind.CONNECTION))
                 log.error("control plane unreachable: %s (retrying in %.0f s)", e, delay)
             stop.wait(self._rng.uniform(0, delay))
             delay = min(delay * 2, 60.0)
@@ -111,26 +114,25 @@ class StreamLink:
         self.uploader.run(stop)
 
     def _on_event(self, ev) -> None:
+        """The uploader thread: note that it is alive, and pass the event to the supervisor."""
         self.heartbeat = time.monotonic()
+        self.events.post(ev)
+
+    def apply_event(self, ev) -> None:
+        """The supervisor's thread: the connection state that an uploader event changes."""
         if isinstance(ev, Connected):
             if self.state != "connected":
                 log.info("connected: streaming to %s", self.app.cfg.stream.name)
             self._set_state("connected")
             self.last_error = None
         elif isinstance(ev, Disconnected):
-            if ev.kind != "rotated":
-                self._set_state("offline" if ev.kind in ("connection", "http") else "connecting", ev.reason)
-        elif isinstance(ev, FragmentPersisted):
-            latency = self.app.pipeline.fragment_persisted(ev.seq)
-            if self.app.on_persisted and latency is not None:
-                self.app.on_persisted(latency)
+            if ev.kind is not SessionEndKind.ROTATED:
+                offline = ev.kind in (SessionEndKind.CONNECTION, SessionEndKind.HTTP)
+                self._set_state("offline" if offline else "connecting", ev.reason)
         elif isinstance(ev, FragmentSkipped):
-            self.app.pipeline.counters.fragments_skipped += 1
             self.last_error = f"KVS rejected fragment {ev.seq} ({ev.error_code or ev.error_id})"
         elif isinstance(ev, Error):
             self.last_error = ev.message
-        elif isinstance(ev, Backoff):
-            pass
 
 
 class Appliance:
@@ -151,14 +153,25 @@ class Appliance:
                                boot_id=self.timebase.boot_id, sync_interval_s=cfg.buffer.sync_seconds)
         self.source = source or open_source(cfg.source, fragment_seconds=cfg.stream.fragment_seconds,
                                             stall_seconds=cfg.health.stall_seconds)
-        self.link = StreamLink(self)
-        self.pipeline = Pipeline(source=self.source, frag_log=self.log, uploader=self.link,
-                                 fragment_seconds=cfg.stream.fragment_seconds,
+        self.pipeline = Pipeline(source=self.source, frag_log=self.log, fragment_seconds=cfg.stream.fragment_seconds,
                                  stall_seconds=cfg.health.stall_seconds)
+        self.link = StreamLink(self, self.pipeline.events)
+        self.pipeline.uploader = self.link
 
     def start(self) -> None:
         self.timebase.refresh()
         self.pipeline.start()
+
+    def process_events(self) -> int:
+        """The supervisor's thread (the only one that may call it): apply what the muxer and uploader threads
+        posted since the last call, in order. Returns how many events were applied."""
+        events = self.pipeline.events.drain()
+        for ev in events:
+            latency = self.pipeline.apply_event(ev)
+            self.link.apply_event(ev)
+            if latency is not None and self.on_persisted:
+                self.on_persisted(latency)
+        return len(events)
 
     def stop(self, timeout: float = 5.0) -> None:
         self.pipeline.stop(timeout)

@@ -149,6 +149,7 @@ class Supervisor:
                     self._hup.clear()
                     self._reload()
                     app = self.app
+                app.process_events()  # this thread alone applies what the muxer and uploader threads post
                 app.pipeline.check()
                 status = build_status(app, started_at=self.started_at)
                 self.last_status = status
@@ -169,6 +170,7 @@ class Supervisor:
         finally:
             self.notifier.stopping()
             self.app.stop()
+            self.app.process_events()  # what the threads posted while stopping counts in the final status
             if self._metrics_server:
                 self._metrics_server.close()
             if code == 0 and self.status_file:
@@ -197,6 +199,7 @@ class Supervisor:
             return
         log.info("configuration changed: restarting the pipeline (the buffer is kept)")
         old.stop()
+        old.process_events()
         try:
             new_app = build(cfg)
         except Exception as e:

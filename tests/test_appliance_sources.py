@@ -11,7 +11,7 @@ import pytest
 
 from kvs_edge.appliance import Appliance
 from kvs_edge.config import parse_config
-from support.appliance import archived_frames, config_dict, wait_until
+from support.appliance import applied, archived_frames, config_dict, wait_until
 from support.h264gen import make_h264
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _stream_until(app, fragments: int, timeout: float = 40) -> None:
     app.start()
     try:
-        wait_until(lambda: app.pipeline.counters.fragments_persisted >= fragments, timeout, f"{fragments} fragments")
+        wait_until(lambda: applied(app).pipeline.counters.fragments_persisted >= fragments, timeout, f"{fragments} fragments")
         app.pipeline.stop_capture()
         wait_until(lambda: app.log.stats().fragments == 0, 30, "every fragment to be acknowledged")
     finally:

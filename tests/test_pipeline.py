@@ -12,7 +12,7 @@ from kvs_edge.config import parse_config
 from kvs_edge.log import FragmentLog
 from kvs_edge.media.frame import Frame
 from kvs_edge.pipeline import Pipeline
-from support.appliance import archived_frames, config_dict, wait_until
+from support.appliance import applied, archived_frames, config_dict, wait_until
 from support.h264gen import make_h264
 
 
@@ -31,15 +31,15 @@ def test_outage_is_buffered_and_delivered_in_order(emulator, tmp_path):
     emulator.create_stream("cam")
     app = Appliance(parse_config(config_dict(emulator, tmp_path / "buf"), "<test>"))
     app.start()
-    wait_until(lambda: app.pipeline.counters.fragments_persisted >= 2, 30, "fragments persisted before the outage")
+    wait_until(lambda: applied(app).pipeline.counters.fragments_persisted >= 2, 30, "fragments persisted before the outage")
     emulator.faults.set_offline(True)
     before = len(emulator.archive("cam"))
-    wait_until(lambda: app.link.state == "offline", 20, "the outage to be noticed")
+    wait_until(lambda: applied(app).link.state == "offline", 20, "the outage to be noticed")
     # the log grows while KVS is unreachable: at least 8 s of video held
     wait_until(lambda: app.log.stats().backlog_ms >= 8000, 30, "a backlog to build up")
     assert len(emulator.archive("cam")) == before
     emulator.faults.set_offline(False)
-    wait_until(lambda: app.link.state == "connected", 30, "the uploader to reconnect")
+    wait_until(lambda: applied(app).link.state == "connected", 30, "the uploader to reconnect")
     wait_until(lambda: app.log.stats().fragments <= 2, 60, "the backlog to drain (live again)")
     frames_captured = app.source.frames
     _run_until_drained(app)
@@ -96,10 +96,10 @@ def test_wall_clock_step_backwards_never_gives_4004(emulator, tmp_path):
     clock = SteppingClock(wall_error_s=0, synced=True)
     app = Appliance(parse_config(config_dict(emulator, tmp_path / "buf"), "<test>"), clock=clock)
     app.start()
-    wait_until(lambda: app.pipeline.counters.fragments_persisted >= 3, 30, "fragments before the step")
+    wait_until(lambda: applied(app).pipeline.counters.fragments_persisted >= 3, 30, "fragments before the step")
     clock.error_ns = -30 * 10**9  # NTP steps the clock 30 s back
     done = app.pipeline.counters.fragments_persisted
-    wait_until(lambda: app.pipeline.counters.fragments_persisted >= done + 3, 30, "fragments after the step")
+    wait_until(lambda: applied(app).pipeline.counters.fragments_persisted >= done + 3, 30, "fragments after the step")
     _run_until_drained(app)
     stats = emulator.stats("cam")
     assert stats.error_acks == []
@@ -192,10 +192,10 @@ def test_boot_without_network_captures_and_delivers_later(emulator, tmp_path):
     app = Appliance(parse_config(config_dict(emulator, tmp_path / "buf"), "<test>"))
     app.start()
     wait_until(lambda: app.pipeline.counters.fragments_written >= 5, 30, "fragments captured while offline")
-    assert app.link.state == "offline" and app.link.last_error
+    assert applied(app).link.state == "offline" and app.link.last_error
     assert emulator.archive("cam") == []
     emulator.faults.set_offline(False)
-    wait_until(lambda: app.link.state == "connected", 60, "the link to come up")
+    wait_until(lambda: applied(app).link.state == "connected", 60, "the link to come up")
     _run_until_drained(app)
     entries = emulator.archive("cam")
     assert _in_order(entries)
