@@ -106,7 +106,7 @@ class StreamLink:
             log.warning("stream %s keeps no data (retention 0): fragments are released on RECEIVED",
                         cfg.stream.name)
         self.uploader = Uploader(
-            self.app.log, stream_name=cfg.stream.name, region=cfg.stream.region,
+            self.app.fragment_log, stream_name=cfg.stream.name, region=cfg.stream.region,
             endpoint=DataEndpoint(control, cfg.stream.name), credentials=self.app.credentials,
             timebase=self.app.timebase, keeps_data=keeps_data, ca_bundle=cfg.aws.ca_bundle,
             stale_after_s=cfg.upload.stale_seconds, max_connection_s=cfg.upload.max_connection_minutes * 60.0,
@@ -149,12 +149,12 @@ class Appliance:
         self.credentials = resolve_credentials(cfg.aws, config_path=config_path, defer=True)
         self.control = ControlPlane(cfg.stream.region, self.credentials, endpoint_url=cfg.aws.endpoint_url,
                                     ca_bundle=cfg.aws.ca_bundle)
-        self.log = FragmentLog(buffer / "log", buffer_cap(buffer, cfg.buffer.max_bytes),
+        self.fragment_log = FragmentLog(buffer / "log", buffer_cap(buffer, cfg.buffer.max_bytes),
                                boot_id=self.timebase.boot_id, sync_interval_s=cfg.buffer.sync_seconds)
         self.source = source or open_source(cfg.source, fragment_seconds=cfg.stream.fragment_seconds,
                                             stall_seconds=cfg.health.stall_seconds)
-        self.pipeline = Pipeline(source=self.source, frag_log=self.log, fragment_seconds=cfg.stream.fragment_seconds,
-                                 stall_seconds=cfg.health.stall_seconds)
+        self.pipeline = Pipeline(source=self.source, frag_log=self.fragment_log,
+                                 fragment_seconds=cfg.stream.fragment_seconds, stall_seconds=cfg.health.stall_seconds)
         self.link = StreamLink(self, self.pipeline.events)
         self.pipeline.uploader = self.link
 

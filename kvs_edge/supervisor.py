@@ -28,7 +28,7 @@ def build_status(app, *, started_at: float, state_override: str | None = None) -
     """The status-file dict (docs/internals.md "Status file") for the running appliance."""
     p = app.pipeline
     c = p.counters
-    st = app.log.stats()
+    st = app.fragment_log.stats()
     link = app.link
     now_mono = time.monotonic()
     synced = app.timebase.synchronized()
@@ -177,7 +177,7 @@ class Supervisor:
                 final = build_status(self.app, started_at=self.started_at, state_override="stopping")
                 self._publish(final)
             log.info("kvs-edge stopped; %d fragments kept in the buffer for the next start",
-                     self.app.log.stats().fragments if code == 0 else -1)
+                     self.app.fragment_log.stats().fragments if code == 0 else -1)
         return code
 
     def _reload(self) -> None:

@@ -18,7 +18,7 @@ from support.h264gen import make_h264
 
 def _run_until_drained(app: Appliance, timeout: float = 30.0) -> None:
     app.pipeline.stop_capture()
-    wait_until(lambda: app.log.stats().fragments == 0, timeout, "every fragment to be acknowledged")
+    wait_until(lambda: app.fragment_log.stats().fragments == 0, timeout, "every fragment to be acknowledged")
     app.stop()
 
 
@@ -36,11 +36,11 @@ def test_outage_is_buffered_and_delivered_in_order(emulator, tmp_path):
     before = len(emulator.archive("cam"))
     wait_until(lambda: applied(app).link.state == "offline", 20, "the outage to be noticed")
     # the log grows while KVS is unreachable: at least 8 s of video held
-    wait_until(lambda: app.log.stats().backlog_ms >= 8000, 30, "a backlog to build up")
+    wait_until(lambda: app.fragment_log.stats().backlog_ms >= 8000, 30, "a backlog to build up")
     assert len(emulator.archive("cam")) == before
     emulator.faults.set_offline(False)
     wait_until(lambda: applied(app).link.state == "connected", 30, "the uploader to reconnect")
-    wait_until(lambda: app.log.stats().fragments <= 2, 60, "the backlog to drain (live again)")
+    wait_until(lambda: app.fragment_log.stats().fragments <= 2, 60, "the backlog to drain (live again)")
     frames_captured = app.source.frames
     _run_until_drained(app)
     entries = emulator.archive("cam")

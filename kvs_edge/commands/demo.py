@@ -33,7 +33,8 @@ def demo_config(emulator_url: str, buffer_dir: str, *, width=640, height=480, fp
         "source": {"type": "testpattern", "width": width, "height": height, "fps": fps, "bitrate": "1M",
                    "profile": "baseline"},
         "buffer": {"path": buffer_dir, "max_bytes": "256MiB"},
-        # containers and CI machines report the clock unsynchronized forever (see DESIGN.md)
+        # containers and CI machines report the clock unsynchronized forever
+        # (docs/pi-camera-and-service.md, "Time on a Pi")
         "time": {"require_sync": False},
         "health": {"status_file": str(Path(buffer_dir) / "status.json")},
     }, "<demo>")
@@ -111,7 +112,7 @@ def _capture_done(app, t0: float, seconds: float) -> bool:
         app._capture_stopped = True
         app.pipeline.stop_capture()
         app._drain_deadline = time.monotonic() + 30
-    return app.log.stats().fragments == 0 or time.monotonic() > app._drain_deadline
+    return app.fragment_log.stats().fragments == 0 or time.monotonic() > app._drain_deadline
 
 
 def _decode_count(files) -> int:

@@ -27,7 +27,9 @@ from enum import Enum
 from kvs_edge.kvs import acks
 from kvs_edge.media.mkv import CLUSTER_HEAD_SIZE, end_of_fragment_tag, retime_cluster_head
 
-# docs/kvs-putmedia.md section 2: the SDK's reaction per ErrorId
+# docs/kvs-putmedia.md section 2, the SDK's reaction per ErrorId: "4001 fragment over 50 MB: skip fragment ... 4004
+# fragment timecode lower than the previous one: skip ... 4500-4506 KMS key problems: skip | 4000, 4003, 5000, 5001:
+# resend | other: unknown: resend"
 SKIP_ERRORS = frozenset({4001, 4002, *range(4004, 4013), *range(4500, 4507)})
 RESEND_ERRORS = frozenset({4000, 4003, 5000, 5001})
 
@@ -41,7 +43,11 @@ def is_skip_error(error_id: int | None) -> bool:
 
 
 def connection_lifetime(max_connection_s: float, rng: random.Random | None = None) -> float:
-    """Seconds after which to rotate: at most 40 minutes, minus random jitter (up to 3 minutes, 7.5% when shorter)."""
+    """Seconds after which to rotate: at most 40 minutes, minus random jitter (up to 3 minutes, 7.5% when shorter).
+
+    docs/kvs-putmedia.md section 3: "Connection: 45 minutes maximum (then ERROR 4003). The SDK rotates to a new
+    connection before 40 minutes (minus up to 3 minutes of random jitter)".
+    """
     limit = min(float(max_connection_s), MAX_CONNECTION_S)
     if limit <= 0:
         raise ValueError("max connection duration must be positive")
@@ -321,6 +327,8 @@ class PutMediaSession:
         """Between fragments with nothing to send right now: tell KVS the last fragment is complete (once)."""
         if self.state != OPEN or self._current is not None or self._last_tagged:
             return []
+        # docs/kvs-putmedia.md section 2: "A fragment is known complete only when the next cluster starts, or an
+        # AWS_KINESISVIDEO_END_OF_FRAGMENT tag follows it, or the session ends"
         self._last_tagged = True
         self._mark_previous_complete(now)
         return self._write(end_of_fragment_tag())
@@ -358,6 +366,8 @@ class PutMediaSession:
                 f.received_at = now
             if f.completed_at is None:
                 f.completed_at = now
+            # docs/kvs-putmedia.md section 2: "PERSISTED: stored (only when the stream's retention > 0)": a stream
+            # that keeps no data never sends it, so RECEIVED is the last word there
             if not f.done and (et == acks.PERSISTED or not self.keeps_data):
                 out += self._done(f, et, now)
         return out + self._check_ending(now)
@@ -435,6 +445,8 @@ class PutMediaSession:
             f.completed_at = now
 
     def _deadline(self, f: _Fragment) -> float | None:
+        # docs/kvs-putmedia.md section 5: "Staleness: no BUFFERING ACK for 5 s (kvssink: 60 s) after data was sent ->
+        # reset the connection"; the same bound applies to RECEIVED and PERSISTED (stale_after_s, 10 s by default)
         if f.first_ack_at is None:
             return f.started_at + self.stale_after_s
         if f.received_at is None:
@@ -470,7 +482,8 @@ class PutMediaSession:
         desc = f"ERROR {ack.error_id} {ack.error_code or ''}".rstrip()
         skip = is_skip_error(ack.error_id)
         if f is None:
-            # timecode -1 (an MKV parse error) or unknown: KVS was reading the oldest fragment it had not received
+            # docs/kvs-putmedia.md section 2: "FragmentTimecode echoes the cluster Timecode; on MKV parse errors it can
+            # be -1 with an empty FragmentNumber": KVS was reading the oldest fragment it had not received
             cands = [x for x in self._frags if not x.done and x.received_at is None] or \
                     [x for x in self._frags if not x.done]
             f = cands[0] if cands else None
@@ -478,6 +491,7 @@ class PutMediaSession:
                 out.append(Report(f"{desc} with timecode {ack.fragment_timecode}: attributed to fragment {f.seq}"))
         where = f"fragment {f.seq} (timecode {f.producer_ms})" if f is not None else \
             f"timecode {ack.fragment_timecode}"
+        # docs/kvs-putmedia.md section 2: "Every ERROR ACK ends the connection"; skip-class errors release the fragment
         if skip and f is not None and not f.done:
             f.done = True
             self._frags = [x for x in self._frags if not x.done]
@@ -515,6 +529,8 @@ class PutMediaSession:
             resend = self._current.seq
         else:
             resend = None
+        # docs/kvs-putmedia.md section 5: "Fragments that were RECEIVED but not PERSISTED can be sent twice; the
+        # service documents no de-duplication": kept so the uploader can count the possible duplicates
         unpersisted = tuple(f.seq for f in self._frags if not f.done and f.received_at is not None)
         self._ended = SessionEnded(kind, reason, resend, unpersisted)
         return [self._ended]

@@ -21,9 +21,10 @@ import threading
 from fractions import Fraction
 from typing import Callable
 
+from kvs_edge.clock import Clock, KernelClock
 from kvs_edge.media.frame import Frame
 
-from .base import NAL_PPS, NAL_SPS, Clock, Emit, Pacer, Source, SourceError, SystemClock
+from .base import NAL_PPS, NAL_SPS, Emit, Pacer, Source, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +211,7 @@ class FileSource(Source):
         self.fps = Fraction(cfg.fps).limit_denominator(1001) if getattr(cfg, "fps", None) else Fraction(30)
         self.loop = bool(getattr(cfg, "loop", False)) if loop is None else loop
         self.paced = paced
-        self.clock = clock or SystemClock()
+        self.clock = clock or KernelClock()
         self.raw = self.path.lower().endswith(RAW_H264_EXTENSIONS)
         self.name = f"file {os.path.basename(self.path)}" + (" (looped)" if self.loop else "")
         self.width: int | None = None
@@ -315,7 +316,7 @@ class StreamSource(Source):
         self.read_timeout = read_timeout
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
-        self.clock = clock or SystemClock()
+        self.clock = clock or KernelClock()
         self.fatal_open = fatal_open
         self.connects = 0  # successful opens (the first one included)
         self.reconnects = 0  # retries after a failure or an end of stream

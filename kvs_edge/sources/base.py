@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from typing import Callable, Protocol
+from typing import Callable
 
+from kvs_edge.clock import Clock
 from kvs_edge.media.frame import Frame
 
 log = logging.getLogger(__name__)
@@ -27,27 +27,6 @@ NAL_PPS = 8
 
 class SourceError(Exception):
     """A source failed for good. str() is one line for the user: what is wrong and what to do."""
-
-
-class Clock(Protocol):
-    """The two clock calls a source makes; tests pass a fake one that advances instantly."""
-
-    def monotonic_ns(self) -> int: ...
-
-    def sleep(self, seconds: float) -> None: ...
-
-
-class SystemClock:
-    """CLOCK_MONOTONIC (the capture clock of every Frame) and a real sleep."""
-
-    @staticmethod
-    def monotonic_ns() -> int:
-        return time.monotonic_ns()
-
-    @staticmethod
-    def sleep(seconds: float) -> None:
-        if seconds > 0:
-            time.sleep(seconds)
 
 
 class Source:
