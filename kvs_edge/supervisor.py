@@ -92,8 +92,11 @@ class Supervisor:
 
     def __init__(self, app, *, status_file: str | None = None, metrics_listen: str | None = None,
                  notifier: Notifier | None = None, tick_s: float = 0.5,
-                 reload: tuple[Callable[[], object], Callable[[object], object]] | None = None) -> None:
+                 reload: tuple[Callable[[], object], Callable[[object], object]] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """clock: monotonic seconds for the loop's cadence (status file, summaries, backlog lines, watchdog pings)."""
         self.app = app
+        self.clock = clock
         self.status_file = status_file
         self.metrics_listen = metrics_listen
         self.notifier = notifier or Notifier()
@@ -144,7 +147,7 @@ class Supervisor:
         last_status = 0.0
         try:
             while not self._stop.is_set():
-                now = time.monotonic()
+                now = self.clock()
                 if self._hup.is_set():
                     self._hup.clear()
                     self._reload()
