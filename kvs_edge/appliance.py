@@ -17,10 +17,11 @@ from kvs_edge.clock import Timebase
 from kvs_edge.config import Config
 from kvs_edge.kvs.control import ControlPlane, ControlPlaneError, DataEndpoint
 from kvs_edge.kvs.credentials import resolve_credentials
-from kvs_edge.kvs.uploader import (Backoff, Connected, Disconnected, Error, FragmentPersisted, FragmentSkipped,
-                                   Uploader)
+from kvs_edge.kvs.uploader import (Connected, Disconnected, Error, FragmentPersisted, FragmentSkipped,
+                                   RetryScheduled, Uploader)
 from kvs_edge.log import FragmentLog
 from kvs_edge.pipeline import Pipeline
+from kvs_edge.retry import STREAM_LOOKUP, Backoff
 from kvs_edge.sources import open_source
 
 log = logging.getLogger(__name__)
@@ -53,14 +54,14 @@ class StreamLink:
     Holds the connection state that status, metrics and the journal report.
     """
 
-    def __init__(self, app: "Appliance") -> None:
+    def __init__(self, app: "Appliance", rng: random.Random | None = None) -> None:
         self.app = app
         self.state = "connecting"  # connecting | connected | offline
         self.since = time.time()
         self.last_error: str | None = None
         self.uploader: Uploader | None = None
         self.heartbeat = time.monotonic()  # the watchdog checks that this thread is not wedged
-        self._rng = random.Random()
+        self._backoff = Backoff.of(STREAM_LOOKUP, rng)
 
     def heartbeat_now(self) -> float:
         """When this thread last showed life: its own loop, an uploader event, or the uploader's loop."""
@@ -79,7 +80,6 @@ class StreamLink:
     def run(self, stop: threading.Event) -> None:
         cfg = self.app.cfg
         control = self.app.control
-        delay = 1.0
         keeps_data = True
         while not stop.is_set():
             self.heartbeat = time.monotonic()
@@ -90,13 +90,14 @@ class StreamLink:
                 keeps_data = int(info.get("DataRetentionInHours") or 0) > 0
                 break
             except ControlPlaneError as e:
+                delay = self._backoff.next()
                 self._set_state("offline", str(e))
                 log.error("%s (retrying in %.0f s)", e, delay)
             except Exception as e:  # DNS, TLS, a bug: never kill the thread that must keep retrying
+                delay = self._backoff.next()
                 self._set_state("offline", f"control plane: {e}")
                 log.error("control plane unreachable: %s (retrying in %.0f s)", e, delay)
-            stop.wait(self._rng.uniform(0, delay))
-            delay = min(delay * 2, 60.0)
+            stop.wait(delay)
         if stop.is_set():
             return
         if not keeps_data:
@@ -129,8 +130,8 @@ class StreamLink:
             self.last_error = f"KVS rejected fragment {ev.seq} ({ev.error_code or ev.error_id})"
         elif isinstance(ev, Error):
             self.last_error = ev.message
-        elif isinstance(ev, Backoff):
-            pass
+        elif isinstance(ev, RetryScheduled):
+            pass  # the uploader logs the wait itself
 
 
 class Appliance:
@@ -164,5 +165,5 @@ class Appliance:
         self.pipeline.stop(timeout)
         try:
             self.control.close()
-        except Exception:
-            pass
+        except Exception as e:  # nothing is lost (the control plane holds no data), but say why
+            log.warning("closing the KVS control-plane client: %s", e)

@@ -18,15 +18,14 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import BinaryIO, Iterator
 
+from kvs_edge.errors import EXIT_OK, EXIT_USAGE, UsageError
 from kvs_edge.media import h264, mkv
 from kvs_edge.media.fragmenter import Fragmenter, FragmentStart, FrameWritten, Notice, SessionStart
 
-EXIT_OK = 0
-EXIT_USAGE = 2
 MUX_FRAGMENT_MS = 1000
 
 
-class UnusableInput(Exception):
+class UnusableInput(UsageError):
     """The input cannot be muxed; str(e) is the one line for the user."""
 
 

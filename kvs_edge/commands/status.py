@@ -10,11 +10,10 @@ import json
 import sys
 import time
 
+from kvs_edge.errors import EXIT_FAILURE, EXIT_OK
 from kvs_edge.service.status import StatusError, assess, format_human, pid_alive, read_status
 
 DEFAULT_STATUS_FILE = "/run/kvs-edge/status.json"
-EXIT_HEALTHY = 0
-EXIT_UNHEALTHY = 1
 EXIT_BAD_FILE = 2
 EXIT_NOT_RUNNING = 3
 
@@ -52,4 +51,4 @@ def main(args) -> int:
         print(json.dumps({**status, "healthy": healthy, "reasons": reasons}, indent=2, sort_keys=True))
     else:
         print(format_human(status, now, process_alive=alive))
-    return EXIT_HEALTHY if healthy else EXIT_UNHEALTHY
+    return EXIT_OK if healthy else EXIT_FAILURE  # unhealthy: 1

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import threading
 from fractions import Fraction
 from typing import Callable
 
 from kvs_edge.media.frame import Frame
+from kvs_edge.retry import LIVE_SOURCE, Backoff
 
 from .base import NAL_PPS, NAL_SPS, Clock, Emit, Pacer, Source, SourceError, SystemClock
 
@@ -200,7 +202,7 @@ RAW_PROBE_OPTIONS = {"probesize": "32", "analyzeduration": "0", "fpsprobesize": 
 class FileSource(Source):
     """A video file: paced in real time (run) or as fast as it reads (upload); optionally looped."""
 
-    def __init__(self, cfg, *, fragment_seconds: float = 2.0, paced: bool = True, clock: Clock | None = None,
+    def __init__(self, cfg, *, paced: bool = True, clock: Clock | None = None,
                  loop: bool | None = None) -> None:
         super().__init__()
         uri = getattr(cfg, "uri", None)
@@ -303,9 +305,10 @@ class StreamSource(Source):
     """
 
     def __init__(self, url: str, *, name: str, format: str | None = None, options: dict[str, str] | None = None,
-                 open_timeout: float = 10.0, read_timeout: float = 5.0, backoff_initial: float = 0.5,
-                 backoff_max: float = 30.0, clock: Clock | None = None,
-                 fatal_open: Callable[[BaseException], SourceError | None] | None = None) -> None:
+                 open_timeout: float = 10.0, read_timeout: float = 5.0, backoff_initial: float = LIVE_SOURCE.base_s,
+                 backoff_max: float = LIVE_SOURCE.cap_s, clock: Clock | None = None,
+                 fatal_open: Callable[[BaseException], SourceError | None] | None = None,
+                 rng: random.Random | None = None) -> None:
         super().__init__()
         self.url = url
         self.name = name
@@ -315,6 +318,7 @@ class StreamSource(Source):
         self.read_timeout = read_timeout
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        self._retry = Backoff(backoff_initial, backoff_max, rng)
         self.clock = clock or SystemClock()
         self.fatal_open = fatal_open
         self.connects = 0  # successful opens (the first one included)
@@ -332,7 +336,7 @@ class StreamSource(Source):
     def _run(self, emit: Emit) -> None:
         import av
 
-        delay = self.backoff_initial
+        self._retry.reset()
         stamps = LiveTimestamps()
         ever_opened = False
         while not self._stopping.is_set():
@@ -345,8 +349,7 @@ class StreamSource(Source):
                     raise fatal from e
                 why = (f"no answer within {self.open_timeout:g} s" if isinstance(e, av.ExitError)
                        else _av_error_text(e, self.url))
-                self._retry_later(f"cannot open: {why}", delay)
-                delay = min(delay * 2, self.backoff_max)
+                self._retry_later(f"cannot open: {why}")
                 continue
             ever_opened = True
             self.connects += 1
@@ -376,7 +379,7 @@ class StreamSource(Source):
                     emit(Frame(data, ts, key))
                     delivered += 1
                     if delivered == 1:
-                        delay = self.backoff_initial  # it works again: the next failure starts the backoff afresh
+                        self._retry.reset()  # it works again: the next failure starts the backoff afresh
                 reason = "the stream ended"
             except av.ExitError:  # PyAV's read timeout interrupted FFmpeg: the camera went quiet
                 reason = f"no video for {self.read_timeout:g} s"
@@ -390,10 +393,10 @@ class StreamSource(Source):
                     pass
             if self._stopping.is_set():
                 return
-            self._retry_later(f"{reason} after {delivered} frames", delay)
-            delay = min(delay * 2, self.backoff_max)
+            self._retry_later(f"{reason} after {delivered} frames")
 
-    def _retry_later(self, what: str, delay: float) -> None:
+    def _retry_later(self, what: str) -> None:
+        delay = self._retry.next()
         self.last_failure = what
         self.reconnects += 1
         log.warning("%s: %s; retrying in %.1f s", self.name, what, delay)

@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Callable, Protocol
 
+from kvs_edge.errors import EXIT_CONFIG, KvsEdgeError
 from kvs_edge.media.frame import Frame
 
 log = logging.getLogger(__name__)
@@ -25,8 +26,16 @@ NAL_SPS = 7
 NAL_PPS = 8
 
 
-class SourceError(Exception):
-    """A source failed for good. str() is one line for the user: what is wrong and what to do."""
+class SourceError(KvsEdgeError):
+    """A source failed for good. str() is one line for the user: what is wrong and what to do. Exit 1: `run` is
+    restarted by systemd (a camera that was unplugged may come back)."""
+
+
+class SourceNotInstalled(SourceError):
+    """Software the source needs is not installed (picamera2): no restart can fix it, so it exits like a
+    configuration error (78, no restart loop)."""
+
+    exit_code = EXIT_CONFIG
 
 
 class Clock(Protocol):
