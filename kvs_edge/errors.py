@@ -21,6 +21,7 @@ from typing import Any
 EXIT_OK = 0
 EXIT_FAILURE = 1  # a runtime failure (network, service, a thread that died): systemd restarts `run`
 EXIT_USAGE = 2  # a bad command line or input; also check-config's "the file is invalid" verdict
+EXIT_NOT_RUNNING = 3  # `kvs-edge status`: the service is not running (as LSB `status` actions)
 EXIT_CONFIG = 78  # EX_CONFIG: the configuration cannot work; listed in the unit's RestartPreventExitStatus
 EXIT_INTERRUPTED = 130  # Ctrl-C
 

@@ -10,12 +10,10 @@ import json
 import sys
 import time
 
-from kvs_edge.errors import EXIT_FAILURE, EXIT_OK
+from kvs_edge.errors import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_OK, EXIT_USAGE
 from kvs_edge.service.status import StatusError, assess, format_human, pid_alive, read_status
 
 DEFAULT_STATUS_FILE = "/run/kvs-edge/status.json"
-EXIT_BAD_FILE = 2
-EXIT_NOT_RUNNING = 3
 
 
 def _default_file() -> str:
@@ -39,10 +37,10 @@ def main(args) -> int:
         return EXIT_NOT_RUNNING
     except PermissionError:
         print(f"cannot read {path}: permission denied (try with sudo)", file=sys.stderr)
-        return EXIT_BAD_FILE
+        return EXIT_USAGE
     except (StatusError, OSError) as exc:
         print(str(exc), file=sys.stderr)
-        return EXIT_BAD_FILE
+        return EXIT_USAGE
 
     now = time.time()
     alive = pid_alive(status.get("pid"))
