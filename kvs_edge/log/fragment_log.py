@@ -100,7 +100,8 @@ def read_boot_id() -> str:
     try:
         with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as f:
             return f.read().strip()
-    except OSError:
+    except OSError as e:  # not Linux, or /proc not mounted: fragments are labelled with an unknown boot
+        log.debug("buffer: no boot id (%s): fragments are labelled 'unknown'", e)
         return "unknown"
 
 
@@ -232,8 +233,10 @@ class FragmentLog:
         except OSError:
             try:
                 fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError:
-                return  # read-only and no lock file: nothing else can be writing here either
+            except OSError as e:
+                # read-only and no lock file: nothing else can be writing here either
+                log.debug("buffer: no lock file at %s (%s): the directory is read-only", lock_path, e.strerror or e)
+                return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -274,8 +277,9 @@ class FragmentLog:
                 try:
                     os.truncate(p, scan.clean_length)
                     size = scan.clean_length
-                except OSError:
-                    pass
+                except OSError as e:  # read-only: the reader stops at the clean length anyway (the index ends there)
+                    log.warning("buffer: cannot cut the torn tail of %s (%s): it is cut at the next start", p,
+                                e.strerror or e)
             seg = _Seg(name, p, size, now)
             seg.headers = set(scan.headers)
             self._segments[name] = seg
@@ -303,7 +307,11 @@ class FragmentLog:
         try:
             with open(os.path.join(self._path, "next_seq"), encoding="ascii") as f:
                 return int(f.read().strip() or 0)
-        except (OSError, ValueError):
+        except FileNotFoundError:
+            return 0  # a new buffer: seq starts after the segments found
+        except (OSError, ValueError) as e:
+            log.warning("buffer: cannot read the fragment counter in %s (%s): continuing after the newest segment",
+                        self._path, e)
             return 0
 
     def _write_hwm(self, value: int) -> None:
@@ -689,8 +697,9 @@ class FragmentLog:
             cut = f.disk_start if f is not None and f.segment is seg else seg.size
             try:
                 os.ftruncate(fd, cut)
-            except OSError:
-                pass  # read-only: the torn tail is cut when the log is next opened
+            except OSError as te:  # read-only: recovery cuts the torn tail when the log is next opened
+                log.warning("buffer: cannot cut the partial record at byte %d of %s (%s): it is cut at the next start",
+                            cut, seg.path, te.strerror or te)
             with self._cond:
                 self._disk_bytes -= seg.size - cut
                 seg.size = cut
@@ -737,11 +746,13 @@ class FragmentLog:
         if f.segment is not None and f.segment is self._active:
             try:
                 os.ftruncate(self._active_fd, f.disk_start)
+            except OSError as e:  # the fragment has no END record: recovery discards it at the next start
+                log.warning("buffer: cannot cut the unfinished fragment %d from %s (%s): it is discarded at the next "
+                            "start", f.seq, f.segment.path, e.strerror or e)
+            else:
                 with self._cond:
                     self._disk_bytes -= self._active.size - f.disk_start
                     self._active.size = f.disk_start
-            except OSError:
-                pass
 
     # ------------------------------------------------------------------ internals: room, eviction, deletion
 
@@ -837,8 +848,8 @@ class FragmentLog:
             os.unlink(path)
         except FileNotFoundError:
             pass
-        except OSError as e:
-            log.debug("buffer: cannot delete %s: %s", path, e)
+        except OSError as e:  # the space is not freed: say so; the books no longer count the file
+            log.warning("buffer: cannot delete %s (%s): delete it by hand to free the space", path, e.strerror or e)
             return
         log.debug("buffer: deleted %s", path)
         self._dir_dirty = True
