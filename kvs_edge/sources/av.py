@@ -22,15 +22,15 @@ import threading
 from fractions import Fraction
 from typing import Callable
 
+from kvs_edge.media import h264
 from kvs_edge.media.frame import Frame
 from kvs_edge.retry import LIVE_SOURCE, Backoff
 
-from .base import NAL_PPS, NAL_SPS, Clock, Emit, Pacer, Source, SourceError, SystemClock
+from .base import Clock, Emit, Pacer, Source, SourceError, SystemClock
 
 log = logging.getLogger(__name__)
 
 RAW_H264_EXTENSIONS = (".h264", ".264", ".h26l", ".avc")
-START = b"\x00\x00\x00\x01"
 
 
 # -- pure helpers ---------------------------------------------------------------------------------------------------
@@ -48,43 +48,18 @@ def codec_error(what: str, codec: str, live: bool) -> SourceError:
     return SourceError(f"{what}: the video is {codec}, not H.264: kvs-edge streams H.264 without re-encoding; {hint}")
 
 
-def _split_annexb(data: bytes) -> list[bytes]:
-    """NAL units of an Annex B byte string, without start codes (trailing zero bytes belong to the start code)."""
-    nals = []
-    starts = []
-    i = data.find(b"\x00\x00\x01")
-    while i >= 0:
-        starts.append(i)
-        i = data.find(b"\x00\x00\x01", i + 3)
-    for k, s in enumerate(starts):
-        end = starts[k + 1] if k + 1 < len(starts) else len(data)
-        nal = data[s + 3:end].rstrip(b"\x00") if k + 1 < len(starts) else data[s + 3:end]
-        if nal:
-            nals.append(nal)
-    return nals
-
-
-def _parse_avcc_parameter_sets(extradata: bytes) -> tuple[int, list[bytes]]:
-    """(NAL length size, [SPS..., PPS...]) of an AVCDecoderConfigurationRecord (ISO/IEC 14496-15)."""
+def _parameter_sets(extradata: bytes) -> tuple[int | None, list[bytes]]:
+    """(NAL length size or None for Annex B, [SPS..., PPS...]) of a stream's codec private data."""
+    if extradata[:1] != b"\x01":
+        try:
+            return None, h264.split_annexb(extradata)
+        except h264.H264Error as e:
+            raise SourceError(f"the H.264 parameter sets of the input are damaged ({e}): re-mux the file") from e
     try:
-        if len(extradata) < 7 or extradata[0] != 1:
-            raise ValueError("not an avcC record")
-        length_size = (extradata[4] & 0x03) + 1
-        sets: list[bytes] = []
-        pos = 5
-        for mask in (0x1F, 0xFF):  # number of SPS (5 bits), then number of PPS (8 bits)
-            count = extradata[pos] & mask
-            pos += 1
-            for _ in range(count):
-                n = int.from_bytes(extradata[pos:pos + 2], "big")
-                nal = extradata[pos + 2:pos + 2 + n]
-                if len(nal) != n:
-                    raise ValueError("parameter set runs past the end")
-                sets.append(nal)
-                pos += 2 + n
-        return length_size, sets
-    except (IndexError, ValueError) as e:
+        cfg = h264.parse_avcc(extradata)
+    except h264.H264Error as e:
         raise SourceError(f"the H.264 configuration (avcC) of the input is damaged ({e}): re-mux the file") from e
+    return cfg.length_size, cfg.sps + cfg.pps
 
 
 class AnnexBConverter:
@@ -99,47 +74,38 @@ class AnnexBConverter:
         self.length_size: int | None = None
         self.sps: dict[int, bytes] = {}
         self.pps: list[bytes] = []
-        extradata = bytes(extradata or b"")
-        if extradata[:1] == b"\x01":
-            self.length_size, sets = _parse_avcc_parameter_sets(extradata)
-        else:
-            sets = _split_annexb(extradata)
+        self.length_size, sets = _parameter_sets(bytes(extradata or b""))
         self._remember(sets)
 
     def _remember(self, nals: list[bytes]) -> None:
-        sps = [n for n in nals if n[0] & 0x1F == NAL_SPS]
-        pps = [n for n in nals if n[0] & 0x1F == NAL_PPS]
+        sps = [n for n in nals if n[0] & 0x1F == h264.NAL_SPS]
+        pps = [n for n in nals if n[0] & 0x1F == h264.NAL_PPS]
         if sps:
             self.sps = {0: sps[-1]} if len(sps) == 1 else {i: s for i, s in enumerate(sps)}
         if pps:
             self.pps = pps
 
     def _nals(self, payload: bytes) -> list[bytes]:
-        if self.length_size is None:  # never sniff: an AVCC length of 256..511 starts with 00 00 01
-            return _split_annexb(payload)
-        nals, pos, n = [], 0, self.length_size
-        while pos < len(payload):
-            size = int.from_bytes(payload[pos:pos + n], "big")
-            pos += n
-            if size == 0 or pos + size > len(payload):
-                raise SourceError(f"a packet's NAL lengths do not add up (NAL of {size} bytes at {pos - n} of "
-                                  f"{len(payload)}): the file is damaged")
-            nals.append(payload[pos:pos + size])
-            pos += size
-        return nals
+        try:
+            if self.length_size is None:  # never sniff: an AVCC length of 256..511 starts with 00 00 01
+                return h264.split_annexb(payload)
+            return list(h264.iter_avcc(payload, self.length_size))
+        except h264.H264Error as e:
+            raise SourceError(f"a packet's NAL units do not add up ({e}): the file is damaged") from e
 
     def convert(self, payload: bytes) -> tuple[bytes, bool]:
         """(Annex B access unit, key) where key means the unit holds an IDR slice."""
         nals = self._nals(payload)
         types = [n[0] & 0x1F for n in nals]
-        key = 5 in types
-        if NAL_SPS in types or NAL_PPS in types:
+        key = h264.NAL_IDR in types
+        has_sps, has_pps = h264.NAL_SPS in types, h264.NAL_PPS in types
+        if has_sps or has_pps:
             self._remember(nals)
-        if key and not (NAL_SPS in types and NAL_PPS in types) and self.sps and self.pps:
-            head = [n for n in nals if n[0] & 0x1F in (9,)]  # an access unit delimiter stays first
-            rest = [n for n in nals if n[0] & 0x1F not in (9, NAL_SPS, NAL_PPS)]
+        if key and not (has_sps and has_pps) and self.sps and self.pps:
+            head = [n for n in nals if n[0] & 0x1F == h264.NAL_AUD]  # an access unit delimiter stays first
+            rest = [n for n in nals if n[0] & 0x1F not in (h264.NAL_AUD, h264.NAL_SPS, h264.NAL_PPS)]
             nals = head + list(self.sps.values()) + self.pps + rest
-        return b"".join(START + n for n in nals), key
+        return h264.join_annexb(nals), key
 
 
 class LiveTimestamps:
