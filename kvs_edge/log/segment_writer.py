@@ -18,6 +18,8 @@ import zlib
 from array import array
 from collections.abc import Callable
 
+from kvs_edge.config import BufferConfig
+
 from . import segment as fmt
 from .index import FragmentIndex, LogInUse, _Frag, _Seg
 
@@ -57,7 +59,7 @@ class SegmentWriter(FragmentIndex):
     """The writer thread's half of the fragment log: files, rotation, sync, recovery, disk-failure fallback."""
 
     def __init__(self, path: str | os.PathLike, max_bytes: int, *, boot_id: str | None = None,
-                 sync_interval_s: float = 2.0, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+                 sync_interval_s: float = BufferConfig.sync_seconds, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
                  segment_seconds: float = DEFAULT_SEGMENT_SECONDS, memory_max_bytes: int | None = None,
                  disk_retry_s: float = DEFAULT_DISK_RETRY_S, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(os.fspath(path), max_bytes, memory_max_bytes, clock)
