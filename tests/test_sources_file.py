@@ -232,6 +232,7 @@ def test_annexb_parameter_sets_follow_the_one_trailing_zero_rule_of_media_h264()
     conv = AnnexBConverter(b"\x00\x00\x00\x01" + sps + b"\x00\x00\x00\x01" + pps + b"\x00\x00")
     idr = bytes([0x65, 0x88, 0x84])
     data, key = conv.convert(b"\x00\x00\x01" + idr)
+    assert conv.pps == [pps]  # not pps + b"\x00\x00"
     assert key and split_annexb(data) == [sps, pps, idr]
     with pytest.raises(SourceError, match="parameter sets of the input are damaged"):
         AnnexBConverter(b"\x02garbage")
