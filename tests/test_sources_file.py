@@ -223,3 +223,16 @@ def test_urls_are_shown_without_passwords():
     assert redact_uri("rtsp://admin:hunter2@10.0.0.5:554/stream1") == "rtsp://admin:***@10.0.0.5:554/stream1"
     assert redact_uri("rtsp://10.0.0.5/stream1") == "rtsp://10.0.0.5/stream1"
     assert redact_uri("/dev/video0") == "/dev/video0"
+
+
+def test_annexb_parameter_sets_follow_the_one_trailing_zero_rule_of_media_h264():
+    sps = bytes([0x67, 0x42, 0xC0, 0x0A, 0xDA, 0x0A, 0x11, 0xF9])
+    pps = bytes([0x68, 0xCE, 0x0F, 0xC8])
+    # trailing_zero_8bits after the last NAL unit belong to the byte stream, as before a start code (H.264 B.2)
+    conv = AnnexBConverter(b"\x00\x00\x00\x01" + sps + b"\x00\x00\x00\x01" + pps + b"\x00\x00")
+    idr = bytes([0x65, 0x88, 0x84])
+    data, key = conv.convert(b"\x00\x00\x01" + idr)
+    assert conv.pps == [pps]  # not pps + b"\x00\x00"
+    assert key and split_annexb(data) == [sps, pps, idr]
+    with pytest.raises(SourceError, match="parameter sets of the input are damaged"):
+        AnnexBConverter(b"\x02garbage")

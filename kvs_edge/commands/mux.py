@@ -159,8 +159,8 @@ def mux_file(input_path: str, out: BinaryIO, fps: float | Fraction, start_ms: in
             except h264.H264Error:
                 nals = []  # the fragmenter reports it
             gop = []
-            sps = [n for n in nals if n[0] & 0x1F == h264.NAL_SPS]
-            pps = [n for n in nals if n[0] & 0x1F == h264.NAL_PPS]
+            sps = [n for n in nals if h264.nal_type(n) == h264.NAL_SPS]
+            pps = [n for n in nals if h264.nal_type(n) == h264.NAL_PPS]
             last_sps, last_pps = sps or last_sps, pps or last_pps
         gop.append(au)
         handle(frag.push(au, frame_timestamp_ms(start_ms, index, rate), key))

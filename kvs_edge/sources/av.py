@@ -78,8 +78,8 @@ class AnnexBConverter:
         self._remember(sets)
 
     def _remember(self, nals: list[bytes]) -> None:
-        sps = [n for n in nals if n[0] & 0x1F == h264.NAL_SPS]
-        pps = [n for n in nals if n[0] & 0x1F == h264.NAL_PPS]
+        sps = [n for n in nals if h264.nal_type(n) == h264.NAL_SPS]
+        pps = [n for n in nals if h264.nal_type(n) == h264.NAL_PPS]
         if sps:
             self.sps = {0: sps[-1]} if len(sps) == 1 else {i: s for i, s in enumerate(sps)}
         if pps:
@@ -96,14 +96,14 @@ class AnnexBConverter:
     def convert(self, payload: bytes) -> tuple[bytes, bool]:
         """(Annex B access unit, key) where key means the unit holds an IDR slice."""
         nals = self._nals(payload)
-        types = [n[0] & 0x1F for n in nals]
+        types = [h264.nal_type(n) for n in nals]
         key = h264.NAL_IDR in types
         has_sps, has_pps = h264.NAL_SPS in types, h264.NAL_PPS in types
         if has_sps or has_pps:
             self._remember(nals)
         if key and not (has_sps and has_pps) and self.sps and self.pps:
-            head = [n for n in nals if n[0] & 0x1F == h264.NAL_AUD]  # an access unit delimiter stays first
-            rest = [n for n in nals if n[0] & 0x1F not in (h264.NAL_AUD, h264.NAL_SPS, h264.NAL_PPS)]
+            head = [n for n in nals if h264.nal_type(n) == h264.NAL_AUD]  # an access unit delimiter stays first
+            rest = [n for n in nals if h264.nal_type(n) not in (h264.NAL_AUD, h264.NAL_SPS, h264.NAL_PPS)]
             nals = head + list(self.sps.values()) + self.pps + rest
         return h264.join_annexb(nals), key
 
