@@ -21,6 +21,7 @@ from kvs_edge.kvs.putmedia import SessionEndKind
 from kvs_edge.kvs.uploader import Connected, Disconnected, Error, FragmentSkipped, Uploader
 from kvs_edge.log import FragmentLog
 from kvs_edge.pipeline import Pipeline
+from kvs_edge.retry import STREAM_LOOKUP, Backoff
 from kvs_edge.sources import open_source
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class StreamLink:
     posts its events there and touches nothing but `heartbeat`.
     """
 
-    def __init__(self, app: "Appliance", events) -> None:
+    def __init__(self, app: "Appliance", events, rng: random.Random | None = None) -> None:
         self.app = app
         self.events = events  # EventQueue: uploader thread -> supervisor
         self.state = "connecting"  # connecting | connected | offline
@@ -63,7 +64,7 @@ class StreamLink:
         self.last_error: str | None = None
         self.uploader: Uploader | None = None
         self.heartbeat = time.monotonic()  # the watchdog checks that this thread is not wedged
-        self._rng = random.Random()
+        self._backoff = Backoff.of(STREAM_LOOKUP, rng)
 
     def heartbeat_now(self) -> float:
         """When this thread last showed life: its own loop, an uploader event, or the uploader's loop."""
@@ -82,7 +83,6 @@ class StreamLink:
     def run(self, stop: threading.Event) -> None:
         cfg = self.app.cfg
         control = self.app.control
-        delay = 1.0
         keeps_data = True
         while not stop.is_set():
             self.heartbeat = time.monotonic()
@@ -93,13 +93,14 @@ class StreamLink:
                 keeps_data = int(info.get("DataRetentionInHours") or 0) > 0
                 break
             except ControlPlaneError as e:
+                delay = self._backoff.next()
                 self.events.post(Disconnected(str(e), SessionEndKind.CONNECTION))
                 log.error("%s (retrying in %.0f s)", e, delay)
             except Exception as e:  # DNS, TLS, a bug: never kill the thread that must keep retrying
+                delay = self._backoff.next()
                 self.events.post(Disconnected(f"control plane: {e}", SessionEndKind.CONNECTION))
                 log.error("control plane unreachable: %s (retrying in %.0f s)", e, delay)
-            stop.wait(self._rng.uniform(0, delay))
-            delay = min(delay * 2, 60.0)
+            stop.wait(delay)
         if stop.is_set():
             return
         if not keeps_data:
@@ -177,5 +178,5 @@ class Appliance:
         self.pipeline.stop(timeout)
         try:
             self.control.close()
-        except Exception:
-            pass
+        except Exception as e:  # nothing is lost (the control plane holds no data), but say why
+            log.warning("closing the KVS control-plane client: %s", e)

@@ -19,6 +19,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
+from kvs_edge.config import HealthConfig
+from kvs_edge.errors import KvsEdgeError
 from kvs_edge.event_queue import EventQueue, FragmentStarted
 from kvs_edge.kvs.uploader import FragmentPersisted, FragmentSkipped
 from kvs_edge.media.fragmenter import Fragmenter
@@ -31,8 +33,12 @@ _STOP = object()
 CAPTURE_TIMES_KEPT = 4096  # fragments whose capture time is kept for the latency figure (oldest forgotten first)
 
 
-class PipelineFailure(RuntimeError):
-    """A part of the pipeline died or stalled: the process must exit non-zero so that systemd restarts it."""
+class PipelineFailure(KvsEdgeError):
+    """A part of the pipeline died or stalled: the process must exit non-zero. Exit 1 (systemd restarts it), or the
+    exit code of the KvsEdgeError that caused it (a missing picamera2 package: 78, no restart loop)."""
+
+    def __init__(self, message: str, cause: BaseException | None = None):
+        super().__init__(message, exit_code=cause.exit_code if isinstance(cause, KvsEdgeError) else None)
 
 
 @dataclass
@@ -58,8 +64,8 @@ class Pipeline:
     clock: monotonic seconds, the clock frames are stamped with (Frame.timestamp_ns) and latencies measured on.
     """
 
-    def __init__(self, *, source, frag_log, uploader=None, fragment_seconds: float = 2.0, queue_frames: int = 240,
-                 stall_seconds: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, source, frag_log, uploader=None, fragment_seconds: float, queue_frames: int = 240,
+                 stall_seconds: float = HealthConfig.stall_seconds, clock: Callable[[], float] = time.monotonic) -> None:
         self.source = source
         self.fragment_log = frag_log
         self.uploader = uploader
@@ -234,7 +240,7 @@ class Pipeline:
         """Raise PipelineFailure when a part died or the camera stopped; the caller exits non-zero."""
         err = getattr(self.source, "error", None)
         if err is not None:
-            raise PipelineFailure(str(err))
+            raise PipelineFailure(str(err), err)
         if self._muxer_error is not None:
             raise PipelineFailure(f"muxer failed: {self._muxer_error}")
         if self._uploader_error is not None:

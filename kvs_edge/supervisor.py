@@ -14,7 +14,9 @@ import threading
 import time
 from typing import Callable
 
+from kvs_edge.errors import EXIT_CONFIG
 from kvs_edge.pipeline import PipelineFailure
+from kvs_edge.retry import STREAM_LOOKUP, UPLOAD, wedge_limit
 from kvs_edge.service.notify import Notifier, WatchdogGate, watchdog_interval
 from kvs_edge.service.status import write_status
 
@@ -76,8 +78,10 @@ def _percentiles(values) -> dict:
 def _gate(app) -> WatchdogGate:
     """Pings stop at half the stall limit: the process exits by itself at the limit (PipelineFailure); the watchdog
     is the backstop for when it can't (a camera stop() that hangs), so it must already be running out by then."""
-    # the uploader's loop turns at least every backoff (<= 30 s) even while offline: 120 s without a turn is a wedge
-    return WatchdogGate(stall_seconds=max(1.0, app.cfg.health.stall_seconds / 2), wedge_seconds=120.0)
+    # the uploader thread's loops (stream lookup, then PutMedia sessions) turn at least once per backoff, even while
+    # offline: twice the longest backoff cap without a turn is a wedge
+    return WatchdogGate(stall_seconds=max(1.0, app.cfg.health.stall_seconds / 2),
+                        wedge_seconds=wedge_limit(STREAM_LOOKUP, UPLOAD))
 
 
 def summary_line(status: dict) -> str:
@@ -167,9 +171,12 @@ class Supervisor:
                     break
                 self._stop.wait(self.tick_s)
         except PipelineFailure as e:
-            log.error("%s: exiting so that the service is restarted", e)
+            code = e.exit_code
+            if code == EXIT_CONFIG:
+                log.error("%s: exiting without a restart (exit %d): fix this first", e.message, code)
+            else:
+                log.error("%s: exiting so that the service is restarted", e.message)
             self._publish(build_status(app, started_at=self.started_at, state_override="stopping") | {"last_error": str(e)})
-            code = 1
         finally:
             self.notifier.stopping()
             self.app.stop()
@@ -179,9 +186,17 @@ class Supervisor:
             if code == 0 and self.status_file:
                 final = build_status(self.app, started_at=self.started_at, state_override="stopping")
                 self._publish(final)
-            log.info("kvs-edge stopped; %d fragments kept in the buffer for the next start",
-                     self.app.fragment_log.stats().fragments if code == 0 else -1)
+            self._log_stopped(code)
         return code
+
+    def _log_stopped(self, code: int) -> None:
+        try:
+            kept = self.app.fragment_log.stats().fragments
+        except Exception as e:  # a log that failed to close: the next start recovers what is on disk
+            log.warning("kvs-edge stopped (exit %d); the buffer's fragment count is unknown: %s", code, e)
+            return
+        log.info("kvs-edge stopped%s; %d fragment%s kept in the buffer for the next start",
+                 f" (exit {code})" if code else "", kept, "" if kept == 1 else "s")
 
     def _reload(self) -> None:
         """SIGHUP: validate the file again; a broken one is reported and the running configuration kept."""

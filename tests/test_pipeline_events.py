@@ -189,7 +189,8 @@ def test_events_come_out_in_the_order_posted_and_a_drain_is_bounded():
 
 def test_apply_event_counts_skips_and_keeps_a_bounded_number_of_capture_times(tmp_path):
     clock = FakeClock(100.0)
-    pipe = Pipeline(source=_NoSource(), frag_log=FragmentLog(tmp_path / "log", 16 << 20), clock=clock)
+    pipe = Pipeline(source=_NoSource(), frag_log=FragmentLog(tmp_path / "log", 16 << 20), fragment_seconds=2,
+                    clock=clock)
     for seq in range(1, CAPTURE_TIMES_KEPT + 11):
         assert pipe.apply_event(FragmentStarted(seq, seq * 1000)) is None
     assert pipe.apply_event(FragmentPersisted(10, 0, 0.0)) is None  # forgotten: one of the 10 oldest

@@ -17,7 +17,7 @@ import av
 import pytest
 
 from kvs_edge.sources import SourceError, open_source
-from kvs_edge.sources.base import NAL_IDR, NAL_PPS, NAL_SPS, nal_types
+from kvs_edge.media.h264 import NAL_IDR, NAL_PPS, NAL_SPS, nal_types
 from kvs_edge.sources.picamera import NO_CAMERA, NOT_INSTALLED, PicameraSource, stall_message
 
 from conftest import _purge_fake_camera_modules as _purge_fake_modules  # noqa: E402

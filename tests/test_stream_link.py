@@ -15,7 +15,7 @@ from kvs_edge.appliance import Appliance
 from kvs_edge.config import parse_config
 from kvs_edge.event_queue import EventQueue
 from kvs_edge.kvs.putmedia import SessionEndKind
-from kvs_edge.kvs.uploader import Backoff, Connected, Disconnected, Error, FragmentPersisted, FragmentSkipped
+from kvs_edge.kvs.uploader import Connected, Disconnected, Error, FragmentPersisted, FragmentSkipped, RetryScheduled
 from kvs_edge.media.fragmenter import Fragmenter
 from kvs_edge.recorder import Recorder
 from support.appliance import config_dict, wait_until
@@ -52,7 +52,7 @@ def test_connection_state_follows_the_uploader_events(app):
     link.apply_event(Error("credentials expired"))
     assert link.last_error == "credentials expired"
     state = (link.state, link.since, link.last_error)
-    link.apply_event(Backoff(1.5, "x"))
+    link.apply_event(RetryScheduled(1.5, "x"))
     link.apply_event(FragmentPersisted(8, 1, 0.2))  # the pipeline's business, not the link's
     assert (link.state, link.since, link.last_error) == state
 

@@ -83,7 +83,8 @@ def test_runs_until_told_publishes_on_its_clock_and_stops_clean(emulator, tmp_pa
     msgs += _messages(sock)
     assert "READY=1" in msgs and "STOPPING=1" in msgs
     kept = app.fragment_log.stats().fragments
-    assert f"kvs-edge stopped; {kept} fragments kept in the buffer for the next start" in caplog.text
+    assert f"kvs-edge stopped; {kept} fragment{'' if kept == 1 else 's'} kept in the buffer for the next start" \
+        in caplog.text
     assert "upload connected" in caplog.text
 
 

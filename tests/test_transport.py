@@ -20,7 +20,7 @@ from botocore.credentials import Credentials
 
 from kvs_edge.kvs.acks import Ack
 from kvs_edge.kvs.transport import (
-    Backoff, ConnectionLost, PutMediaConnection, TransportError, http_error, producer_timestamp, signed_request)
+    ConnectionLost, PutMediaConnection, TransportError, http_error, producer_timestamp, signed_request)
 
 AKID, SECRET, TOKEN = "AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", "FwoGZXIvYXdzEXAMPLETOKEN"
 CREDS = Credentials(AKID, SECRET, TOKEN).get_frozen_credentials()
@@ -320,24 +320,6 @@ def test_http_errors_over_tls_are_mapped_to_one_line(ca, ca_file, status, header
 def test_http_error_mapping_without_a_server_body():
     e = http_error(500, {}, b"", stream_name="s", region="r")
     assert e.retryable and "500" in str(e)
-
-
-# ------------------------------------------------------------------ backoff
-
-
-def test_backoff_is_exponential_with_full_jitter():
-    b = Backoff(base_s=0.5, cap_s=8.0, rng=random.Random(7))
-    ceilings = [0.5, 1, 2, 4, 8, 8, 8]
-    for ceiling in ceilings:
-        samples = []
-        for _ in range(300):
-            b.attempt = ceilings.index(ceiling) if ceiling < 8 else 4
-            samples.append(b.next())
-        assert all(0 <= s <= ceiling for s in samples)
-        # full jitter: spread over the whole range, not clustered at the ceiling
-        assert min(samples) < 0.1 * ceiling and max(samples) > 0.9 * ceiling
-    b.reset()
-    assert b.attempt == 0 and b.next() <= 0.5 and b.attempt == 1
 
 
 def test_dns_failure_is_retryable_and_refetches_the_endpoint():

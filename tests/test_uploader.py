@@ -290,7 +290,7 @@ def test_5xx_and_throttling_back_off_with_jitter_then_succeed(rig, video, kind):
     rig.emu.faults.fail_next(4, kind, paths=["/putMedia"])
     up = rig.uploader(backoff_base_s=0.05, backoff_cap_s=1.0)
     assert up.drain(60)
-    backoffs = rig.of(U.Backoff)
+    backoffs = rig.of(U.RetryScheduled)
     assert len(backoffs) == 4
     assert all(0 <= b.seconds <= 1.0 for b in backoffs)
     assert len({b.seconds for b in backoffs}) == 4  # jittered, not a fixed schedule

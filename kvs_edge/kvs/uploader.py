@@ -19,8 +19,13 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+import botocore.exceptions
+
+from kvs_edge.config import UploadConfig
+from kvs_edge.errors import KvsEdgeError
 from kvs_edge.kvs import putmedia, transport
 from kvs_edge.kvs.putmedia import SessionEndKind
+from kvs_edge.retry import THROTTLE_FLOOR, UPLOAD, Backoff
 
 log = logging.getLogger("kvs_edge.uploader")
 
@@ -57,7 +62,9 @@ FragmentSkipped = putmedia.FragmentSkipped
 
 
 @dataclass(frozen=True, slots=True)
-class Backoff:
+class RetryScheduled:
+    """The uploader waits `seconds` (drawn from its Backoff) before the next attempt."""
+
     seconds: float
     reason: str
 
@@ -67,7 +74,7 @@ class Error:
     message: str
 
 
-UploaderEvent = Connected | Disconnected | FragmentPersisted | FragmentSkipped | Backoff | Error
+UploaderEvent = Connected | Disconnected | FragmentPersisted | FragmentSkipped | RetryScheduled | Error
 
 
 @dataclass
@@ -100,9 +107,12 @@ class Uploader:
 
     def __init__(self, fragment_log, *, stream_name: str, region: str, endpoint, credentials,
                  timebase: Callable[[object], int | None], keeps_data: bool = True, ca_bundle: str | None = None,
-                 stale_after_s: float = 10.0, max_connection_s: float = 2400.0,
-                 on_event: Callable[[UploaderEvent], None] | None = None, connect_timeout_s: float = 10.0,
-                 backoff_base_s: float = 0.5, backoff_cap_s: float = 30.0, rng: random.Random | None = None,
+                 stale_after_s: float = UploadConfig.stale_seconds,
+                 max_connection_s: float = UploadConfig.max_connection_minutes * 60.0,
+                 on_event: Callable[[UploaderEvent], None] | None = None,
+                 connect_timeout_s: float = UploadConfig.connect_timeout_seconds,
+                 backoff_base_s: float = UPLOAD.base_s, backoff_cap_s: float = UPLOAD.cap_s,
+                 rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self.fragment_log = fragment_log
         self.stream_name = stream_name
@@ -117,7 +127,8 @@ class Uploader:
         self.on_event = on_event
         self.connect_timeout_s = connect_timeout_s
         self._rng = rng or random.Random()
-        self._backoff = transport.Backoff(backoff_base_s, backoff_cap_s, self._rng)
+        self._backoff = Backoff(backoff_base_s, backoff_cap_s, self._rng)
+        self._throttle_floor = Backoff.of(THROTTLE_FLOOR, self._rng)  # never reset: a draw in [0, 1 s] each time
         self._clock = clock
         self._timeline = putmedia.Timeline()
         self._sent_before: set[int] = set()
@@ -175,7 +186,7 @@ class Uploader:
                 continue
             except Exception as e:  # credentials, endpoint lookup, a bug: report, back off, carry on
                 msg = " ".join(str(e).split()) or type(e).__name__
-                if not _is_user_error(e):
+                if not isinstance(e, USER_ERRORS):
                     log.exception("uploader: unexpected error")
                     msg = f"internal error in the uploader ({type(e).__name__}: {msg})"
                 self._disconnected(msg, SessionEndKind.CONNECTION)
@@ -254,8 +265,8 @@ class Uploader:
     def _sleep(self, stop: threading.Event, reason: str, throttled: bool = False) -> None:
         delay = self._backoff.next()
         if throttled:
-            delay = max(delay, self._rng.uniform(0.0, 1.0))
-        self._emit(Backoff(delay, reason))
+            delay = max(delay, self._throttle_floor.next())
+        self._emit(RetryScheduled(delay, reason))
         log.info("retrying in %.2f s (%s)", delay, reason)
         stop.wait(delay)
 
@@ -284,10 +295,8 @@ class Uploader:
             pass
 
 
-def _is_user_error(e: Exception) -> bool:
-    """Errors whose message is meant for a user (credentials, control plane, botocore), not a bug."""
-    names = {c.__name__ for c in type(e).__mro__}
-    return bool(names & {"CredentialsError", "ControlPlaneError", "BotoCoreError", "ClientError", "OSError"})
+# Errors whose message is meant for a user (ours: credentials, control plane; botocore's; the OS's), not a bug.
+USER_ERRORS = (KvsEdgeError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError)
 
 
 class _Run:

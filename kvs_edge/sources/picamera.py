@@ -24,16 +24,17 @@ import os
 import threading
 import time
 
+from kvs_edge.config import HealthConfig
 from kvs_edge.media.frame import Frame
 
-from .base import Emit, Source, SourceError
+from .base import Emit, Source, SourceError, SourceNotInstalled
 
 log = logging.getLogger(__name__)
 
 NO_CAMERA = "no camera found: check the ribbon cable and that the camera is enabled"
 NOT_INSTALLED = ("picamera2 is not installed: on Raspberry Pi OS run `sudo apt install python3-picamera2` and create "
                  "the venv with --system-site-packages (or use source.type: testpattern off a Pi)")
-DEFAULT_STALL_SECONDS = 5.0
+DEFAULT_STALL_SECONDS = HealthConfig.stall_seconds  # health.stall_seconds' default
 
 
 def stall_message(seconds: float) -> str:
@@ -52,7 +53,7 @@ def transform_flags(hflip: bool, vflip: bool, rotation: int) -> tuple[int, int]:
 class PicameraSource(Source):
     """Frames from a Raspberry Pi camera through Picamera2's H264Encoder."""
 
-    def __init__(self, cfg, *, fragment_seconds: float = 2.0, stall_seconds: float | None = None) -> None:
+    def __init__(self, cfg, *, fragment_seconds: float, stall_seconds: float | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.width, self.height = int(cfg.width), int(cfg.height)
@@ -79,7 +80,7 @@ class PicameraSource(Source):
             outputs = importlib.import_module("picamera2.outputs")
             libcamera = importlib.import_module("libcamera")
         except ImportError as e:
-            raise SourceError(NOT_INSTALLED) from e
+            raise SourceNotInstalled(NOT_INSTALLED) from e
         return picamera2, encoders, outputs, libcamera
 
     def _load_tuning(self, Picamera2):

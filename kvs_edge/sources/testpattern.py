@@ -121,7 +121,7 @@ class TestPatternSource(Source):
 
     __test__ = False  # not a pytest test class, despite the name
 
-    def __init__(self, cfg, *, fragment_seconds: float = 2.0, clock: Clock | None = None,
+    def __init__(self, cfg, *, fragment_seconds: float, clock: Clock | None = None,
                  max_frames: int | None = None) -> None:
         super().__init__()
         self.width, self.height = int(cfg.width), int(cfg.height)
