@@ -13,6 +13,7 @@ from kvs_edge.config import parse_config
 from kvs_edge.log import FragmentLog
 from kvs_edge.media.frame import Frame
 from kvs_edge.pipeline import Pipeline
+from fakes.no_source import NoSource
 from support.appliance import applied, archived_frames, config_dict, wait_until
 from support.h264gen import make_h264
 
@@ -121,23 +122,11 @@ class StalledDisk(FragmentLog):
         return super().append(data, timecode_ms)
 
 
-class _NoSource:
-    name = "test frames"
-    error = None
-    finished = False
-
-    def start(self, emit):
-        pass
-
-    def stop(self, timeout=3.0):
-        pass
-
-
 @pytest.mark.timeout(60)
 def test_camera_thread_never_blocks_on_a_stalled_muxer(tmp_path):
     enc = make_h264(90, 160, 120, fps=30, gop=30)
     frag_log = StalledDisk(tmp_path / "log", 64 << 20)
-    pipe = Pipeline(source=_NoSource(), frag_log=frag_log, queue_frames=20, fragment_seconds=1)
+    pipe = Pipeline(source=NoSource(), frag_log=frag_log, queue_frames=20, fragment_seconds=1)
     pipe.start()
     # the camera delivers 3 s of video while the disk is stalled: every emit returns (a block would hang the test)
     for i, au in enumerate(enc.units):

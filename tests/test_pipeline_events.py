@@ -20,6 +20,7 @@ from kvs_edge.kvs.uploader import FragmentPersisted, FragmentSkipped
 from kvs_edge.log import FragmentLog
 from kvs_edge.media.frame import Frame
 from kvs_edge.pipeline import CAPTURE_TIMES_KEPT, Pipeline
+from fakes.no_source import NoSource
 from support.appliance import wait_until
 from support.h264gen import make_h264
 
@@ -36,18 +37,6 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
-
-
-class _NoSource:
-    name = "test frames"
-    error = None
-    finished = False
-
-    def start(self, emit):
-        pass
-
-    def stop(self, timeout=3.0):
-        pass
 
 
 class Supervisor:
@@ -86,7 +75,7 @@ def _frames(n: int, start: int):
 def test_a_long_outage_then_a_drain_kills_no_thread_and_keeps_latency_right(tmp_path):
     clock = FakeClock()
     frag_log = FragmentLog(tmp_path / "log", 512 << 20, sync_interval_s=3600)
-    pipe = Pipeline(source=_NoSource(), frag_log=frag_log, fragment_seconds=0, queue_frames=64, clock=clock)
+    pipe = Pipeline(source=NoSource(), frag_log=frag_log, fragment_seconds=0, queue_frames=64, clock=clock)
     sup = Supervisor(pipe)
     sup.thread.start()
     pipe.start()
@@ -189,7 +178,7 @@ def test_events_come_out_in_the_order_posted_and_a_drain_is_bounded():
 
 def test_apply_event_counts_skips_and_keeps_a_bounded_number_of_capture_times(tmp_path):
     clock = FakeClock(100.0)
-    pipe = Pipeline(source=_NoSource(), frag_log=FragmentLog(tmp_path / "log", 16 << 20), fragment_seconds=2,
+    pipe = Pipeline(source=NoSource(), frag_log=FragmentLog(tmp_path / "log", 16 << 20), fragment_seconds=2,
                     clock=clock)
     for seq in range(1, CAPTURE_TIMES_KEPT + 11):
         assert pipe.apply_event(FragmentStarted(seq, seq * 1000)) is None
