@@ -67,7 +67,7 @@ BROKEN = [
      ["{f}: aws.secret_acces_key: unknown key, did you mean aws.secret_access_key?"]),
     (OK_HEAD + "source:\n  colour: red\n",
      ["{f}: source.colour: unknown key (valid keys here: type, uri, width, height, fps, bitrate, profile, hflip, "
-      "vflip, rotation, tuning_file, camera_index, loop)"]),
+      "vflip, rotation, tuning_file, camera_index, loop, audio)"]),
     ("straem:\n  name: cam\n", ["{f}: straem: unknown section, did you mean stream?"]),
     (OK_HEAD + "fps: 30\n", ["{f}: fps: unknown section, did you mean source.fps? (settings go under their section)"]),
     # a missing stream name
@@ -529,7 +529,7 @@ def uncomment_settings(text: str) -> str:
     out = []
     for line in text.splitlines():
         m = re.match(r"^(\s+)# (\w+):(.*)$", line)
-        out.append(m.group(1) + m.group(2) + ":" + m.group(3) if m and m.group(2) != "iot" else line)
+        out.append(m.group(1) + m.group(2) + ":" + m.group(3) if m and m.group(2) not in ("iot", "audio") else line)
     return "\n".join(out) + "\n"
 
 
@@ -538,10 +538,10 @@ def test_example_documents_every_key_with_its_default(tmp_path):
     live = uncomment_settings(text)
     data = yaml.safe_load(live)
     documented = {f"{s}.{k}" for s, keys in data.items() for k in (keys or {})}
-    iot_keys = {k for k in ALL_KEYS if k.startswith("aws.iot.")}
-    assert documented == set(ALL_KEYS) - iot_keys - {"aws.iot"}
-    assert re.search(r"^  # iot:", text, re.M)
-    for key in iot_keys:  # the iot block is shown commented out, as one unit
+    iot_keys = {k for k in ALL_KEYS if k.startswith(("aws.iot.", "source.audio."))}
+    assert documented == set(ALL_KEYS) - iot_keys - {"aws.iot", "source.audio"}
+    assert re.search(r"^  # iot:", text, re.M) and re.search(r"^  # audio:", text, re.M)
+    for key in iot_keys:  # the iot and audio blocks are shown commented out, each as one unit
         assert re.search(rf"^\s*#\s+{key.rsplit('.', 1)[1]}: \S", text, re.M), key
     cfg = load_config(write(tmp_path, live))
     defaults = Config(stream=cfg.stream)

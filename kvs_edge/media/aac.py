@@ -14,6 +14,7 @@ AAC_LC = 2  # audioObjectType of AAC Low Complexity
 SAMPLES_PER_FRAME = 1024  # an AAC-LC access unit
 SAMPLING_FREQUENCIES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
 EXPLICIT_FREQUENCY = 0xF
+SYNC_EXTENSION = 0x2B7  # syncExtensionType of a backward-compatible extension after the 2-byte config
 ACCEPTED_ASC_LENGTHS = (2, 5)  # KVS playback: "AAC CPD must be of length 2 or 5"
 
 
@@ -39,6 +40,9 @@ def parse_asc(data: bytes) -> AudioSpecificConfig:
     freq_index = bits >> (n - 9) & 0xF
     if object_type in (0, 31):
         raise AacError(f"AudioSpecificConfig has audio object type {object_type}, which is not a codec")
+    if len(data) == 5 and freq_index != EXPLICIT_FREQUENCY and bits >> 13 & 0x7FF == SYNC_EXTENSION:
+        # FFmpeg's encoder writes the 2-byte config + a backward-compatible extension (sync 0x2B7: no SBR)
+        data, bits, n = data[:2], bits >> 24, 16
     if freq_index == EXPLICIT_FREQUENCY:
         if len(data) != 5:
             raise AacError("AudioSpecificConfig says an explicit sampling frequency follows but is only 2 bytes")
