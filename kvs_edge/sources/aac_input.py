@@ -105,7 +105,9 @@ class AacFromStream:
         for frame in decoded:
             if self._first_ns is None:  # the first decoded sample, on the caller's time line
                 self._first_ns = media_ns or 0
+            frame.pts = None  # timing comes from the sample count; the FIFO checks pts continuity otherwise
             for rf in self._resampler.resample(frame):
+                rf.pts = None
                 self._fifo.write(rf)
             out += self._drain(final=False)
         return out
