@@ -4,6 +4,12 @@ The audio track of a session must be declared in its header, and its AudioSpecif
 first audio frame is out (ADTS input, a transcoder). So the Fragmenter is built at the first item the interleaver
 releases: by then the interleaver has waited for the audio to reach the video's first timestamp (or for `max_wait_ms`
 of video without any audio, and then the session is video only).
+
+KVS refuses a fragment in which a track of the header has no frame (error 4011, docs/kvs-putmedia.md). So at each key
+frame (a fragment may start there) the audio must already have reached the key frame's time; when it has not (the
+interleaver let the key frame go after `max_wait_ms` without audio: a USB microphone unplugged, a file whose sound ends
+first), the key frame starts a video-only session. Audio that comes back is declared again at the next key frame it
+reaches. `audio_active` says which state it is in.
 """
 
 from __future__ import annotations
@@ -47,7 +53,19 @@ class AvMuxer:
                 self.fragmenter = Fragmenter(self.target_ms, self.max_ms, audio=self._audio_track())
             f = self.fragmenter
             if kind == VIDEO:
+                newest_audio = self.interleaver.newest(AUDIO)
+                if item[1] and f.audio is not None and (newest_audio is None or newest_audio < ts):
+                    f.set_audio(None)  # no audio at this key frame: it starts a video-only session
                 ev += f.push(item[0], ts, item[1])
-            elif f.audio is not None:
-                ev += f.push_audio(item, ts)
+                continue
+            if f.audio is None:
+                track = self._audio_track()
+                if track is not None:
+                    f.set_audio(track)  # declared from the next key frame on
+            ev += f.push_audio(item, ts)
         return ev
+
+    @property
+    def audio_active(self) -> bool:
+        """True while the current session carries the audio track."""
+        return self.fragmenter is not None and self.fragmenter.audio_in_session

@@ -75,6 +75,7 @@ class FragmentEnd:
 @dataclass(frozen=True, slots=True)
 class Notice:
     kind: str  # "dropped_before_key" | "forced_cut" | "timestamp" | "b_frames" | "malformed" | "parameters_changed"
+    #            | "audio_changed"
     message: str
 
 
@@ -125,6 +126,7 @@ class Fragmenter:
         # the TrackEntry is built (and the ASC checked: ValueError) once, here
         self._audio_entry = mkv.audio_track_entry(audio.asc, audio.sample_rate, audio.channels) if audio else None
         self._last_audio_ms: int | None = None
+        self._audio_changed = False  # set_audio() was called: the next key frame starts a session with the new tracks
         self._sps: list[bytes] = []  # parameter sets of the current session
         self._pps: list[bytes] = []
         self._pending_sps: list[bytes] = []  # parameter sets seen in an access unit without a picture
@@ -223,6 +225,12 @@ class Fragmenter:
                 self._in_session = False
                 ev.append(Notice("parameters_changed", f"SPS/PPS changed at {timestamp_ms} ms: starting a new "
                                                        f"session with new codec private data"))
+            elif self._in_session and self._audio_changed:
+                ev.extend(self._end_fragment(forced=False))
+                self._in_session = False
+                what = f"{self.audio.sample_rate} Hz x {self.audio.channels}" if self.audio else "none (video only)"
+                ev.append(Notice("audio_changed", f"audio track {what} from {timestamp_ms} ms: starting a new "
+                                                  f"session"))
             if not self._in_session:
                 try:
                     ev.append(self._start_session(new_sps, new_pps))
@@ -271,12 +279,30 @@ class Fragmenter:
         ev.append(FrameWritten(timestamp_ms, key, block))
         return ev
 
+    def set_audio(self, audio: AudioTrack | None) -> None:
+        """Declare another audio track (or none: video only) from the next key frame on, which starts a new session.
+
+        KVS refuses a fragment in which a track of the header has no frame (error 4011, docs/kvs-putmedia.md): a
+        microphone that went away must leave the header, and is declared again when it is back.
+        """
+        if audio == self.audio:
+            return
+        self._audio_entry = mkv.audio_track_entry(audio.asc, audio.sample_rate, audio.channels) if audio else None
+        self.audio = audio
+        self._audio_changed = self._in_session
+
+    @property
+    def audio_in_session(self) -> bool:
+        """True when the current session's header declares the audio track (push_audio writes)."""
+        return self._in_session and self.audio is not None and not self._audio_changed
+
     def push_audio(self, data: bytes, timestamp_ms: int) -> list[Event]:
         """One raw AAC frame (no ADTS header) with its timestamp in ms: [FrameWritten] or [] when dropped."""
         st = self.stats
-        if self._audio_entry is None:
-            raise ValueError("this fragmenter has no audio track")
         st.audio_in += 1
+        if self._audio_entry is None or self._audio_changed:  # no audio track declared (yet) in this session
+            st.audio_dropped += 1
+            return []
         first = self._frag_first
         if (first is None or self._need_key or not self._in_session or timestamp_ms < first
                 or timestamp_ms - first > mkv.INT16_MAX or not data
@@ -307,6 +333,7 @@ class Fragmenter:
         self._in_session = True
         self._last_ms = None
         self._last_audio_ms = None
+        self._audio_changed = False
         self.stats.sessions += 1
         return SessionStart(header, info.width, info.height, cp)
 

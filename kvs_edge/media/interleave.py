@@ -33,6 +33,10 @@ class Interleaver:
             self._newest[kind] = ts_ms
         return self._release(final=False)
 
+    def newest(self, kind: int) -> int | None:
+        """The newest timestamp pushed on stream `kind` (None before the first)."""
+        return self._newest[kind]
+
     def flush(self) -> list[tuple[int, int, Any]]:
         return self._release(final=True)
 

@@ -100,7 +100,8 @@ class AacFromStream:
         try:
             decoded = self._stream.codec_context.decode(packet)
         except av.FFmpegError as e:
-            raise AudioUnusable(f"{self.what}: the {self.codec} audio does not decode ({e})") from None
+            raise AudioUnusable(f"{self.what}: the {self.codec} audio does not decode "
+                                f"({getattr(e, 'strerror', None) or e}): it is neither AAC nor usable") from None
         out: list[tuple[bytes, int]] = []
         for frame in decoded:
             if self._first_ns is None:  # the first decoded sample, on the caller's time line
