@@ -11,8 +11,6 @@ video only.
 
 from __future__ import annotations
 
-from fractions import Fraction
-
 from kvs_edge.media import aac
 
 DEFAULT_BITRATE = 64000
@@ -42,10 +40,7 @@ class AacFromStream:
         self.channels = cc.channels
         self._stream = stream
         self._enc = None
-        self._fifo = None
-        self._resampler = None
         self._first_ns: int | None = None
-        self._encoded = 0
         if self.mode == "pass":
             cfg = aac.parse_asc(extradata)
             self.sample_rate, self.channels = cfg.sample_rate, cfg.channels
@@ -58,22 +53,11 @@ class AacFromStream:
             self.mode, f"{self.codec} transcoded to AAC-LC")
 
     def _open_encoder(self) -> None:
-        import av
+        from kvs_edge.media.aac_encoder import AacEncoder
 
-        rate = self.sample_rate or 48000
-        if rate not in aac.SAMPLING_FREQUENCIES:
-            rate = 48000
-        channels = 1 if (self.channels or 1) == 1 else 2
-        enc = av.CodecContext.create("aac", "w")
-        enc.sample_rate, enc.layout, enc.format, enc.bit_rate = rate, "mono" if channels == 1 else "stereo", "fltp", \
-            self.bitrate
-        enc.time_base = Fraction(1, rate)
-        enc.open()
-        self._enc = enc
-        self._fifo = av.AudioFifo()
-        self._resampler = av.AudioResampler(format="fltp", layout=enc.layout.name, rate=rate)
-        self.sample_rate, self.channels = rate, channels
-        self.asc = aac.build_asc(rate, channels)  # the plain 2-byte config (FFmpeg's carries an extension)
+        rate = self.sample_rate if self.sample_rate in aac.SAMPLING_FREQUENCIES else 48000
+        self._enc = AacEncoder(rate, 1 if (self.channels or 1) == 1 else 2, self.bitrate)
+        self.sample_rate, self.channels, self.asc = rate, self._enc.channels, self._enc.asc
 
     def feed(self, packet, media_ns: int | None) -> list[tuple[bytes, int]]:
         import av
@@ -106,34 +90,13 @@ class AacFromStream:
         for frame in decoded:
             if self._first_ns is None:  # the first decoded sample, on the caller's time line
                 self._first_ns = media_ns or 0
-            frame.pts = None  # timing comes from the sample count; the FIFO checks pts continuity otherwise
-            for rf in self._resampler.resample(frame):
-                rf.pts = None
-                self._fifo.write(rf)
-            out += self._drain(final=False)
+            out += self._stamped(self._enc.encode(frame))
         return out
 
     def flush(self) -> list[tuple[bytes, int]]:
         if self.mode != "transcode" or self._first_ns is None:
             return []
-        return self._drain(final=True)
+        return self._stamped(self._enc.encode(None))
 
-    def _drain(self, final: bool) -> list[tuple[bytes, int]]:
-        out = []
-        n = aac.SAMPLES_PER_FRAME
-        while self._fifo.samples >= n or (final and self._fifo.samples):
-            fr = self._fifo.read(n if self._fifo.samples >= n else self._fifo.samples)
-            fr.pts = None
-            out += self._encode(fr)
-        if final:
-            out += self._encode(None)
-        return out
-
-    def _encode(self, frame) -> list[tuple[bytes, int]]:
-        out = []
-        for p in self._enc.encode(frame):
-            # packet j holds samples from (j - 1) * 1024: the encoder's first packet is its 1024-sample priming
-            start = (self._encoded - 1) * aac.SAMPLES_PER_FRAME
-            self._encoded += 1
-            out.append((bytes(p), self._first_ns + start * 1_000_000_000 // self.sample_rate))
-        return out
+    def _stamped(self, packets) -> list[tuple[bytes, int]]:
+        return [(data, self._first_ns + k * 1_000_000_000 // self.sample_rate) for data, k in packets]
