@@ -23,8 +23,9 @@ from kvs_edge.config import HealthConfig
 from kvs_edge.errors import KvsEdgeError
 from kvs_edge.event_queue import EventQueue, FragmentStarted
 from kvs_edge.kvs.uploader import FragmentPersisted, FragmentSkipped
-from kvs_edge.media.fragmenter import Fragmenter
-from kvs_edge.media.frame import Frame
+from kvs_edge.media.av_muxer import AvMuxer
+from kvs_edge.media.fragmenter import AudioTrack
+from kvs_edge.media.frame import AudioFrame, Frame
 from kvs_edge.recorder import Recorder
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ class Counters:
     last_persisted_mono: float | None = None
     latencies: deque = field(default_factory=lambda: deque(maxlen=2048))  # capture -> PERSISTED, seconds
     events_applied: int = 0  # events from the muxer and uploader threads the supervisor has taken
+    audio_frames_in: int = 0
+    audio_frames_dropped: int = 0  # the queue was full (audio is never worth blocking the source for)
 
 
 class Pipeline:
@@ -65,11 +68,17 @@ class Pipeline:
     """
 
     def __init__(self, *, source, frag_log, uploader=None, fragment_seconds: float, queue_frames: int = 240,
-                 stall_seconds: float = HealthConfig.stall_seconds, clock: Callable[[], float] = time.monotonic) -> None:
+                 stall_seconds: float = HealthConfig.stall_seconds, clock: Callable[[], float] = time.monotonic,
+                 audio: bool = False) -> None:
         self.source = source
         self.fragment_log = frag_log
         self.uploader = uploader
-        self.fragmenter = Fragmenter(target_ms=int(fragment_seconds * 1000))
+        # audio: the source's AAC frames (source.on_audio) go into track 2 of the same fragments (media/av_muxer.py)
+        self.audio = audio and hasattr(source, "on_audio")
+        self.muxer = AvMuxer(int(fragment_seconds * 1000), self._audio_track, audio=self.audio)
+        self.fragmenter = self.muxer.fragmenter
+        if self.audio:
+            source.on_audio = self.emit_audio
         self.stall_seconds = stall_seconds
         self.clock = clock
         self.counters = Counters()
@@ -102,6 +111,23 @@ class Pipeline:
                 log.warning("muxer is behind: dropping frames up to the next key frame")
             self._dropping = True
             c.frames_dropped += 1
+
+    def emit_audio(self, frame: AudioFrame) -> None:
+        self.counters.audio_frames_in += 1
+        try:
+            self._queue.put_nowait(frame)
+        except queue.Full:
+            self.counters.audio_frames_dropped += 1
+
+    def _audio_track(self) -> AudioTrack | None:
+        a = getattr(self.source, "audio", None) if self.audio else None
+        return AudioTrack(a.asc, a.sample_rate, a.channels) if a is not None and a.asc else None
+
+    def audio_state(self) -> str:
+        """"off" (not configured), "ok" (the current session carries audio) or "missing" (video only for now)."""
+        if not self.audio:
+            return "off"
+        return "ok" if self.muxer.audio_active else "missing"
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -169,9 +195,12 @@ class Pipeline:
                 item = self._queue.get()
                 if item is _STOP:
                     break
-                self._apply(self.fragmenter.push(item.data, item.timestamp_ns // 1_000_000, item.key))
+                if type(item) is AudioFrame:
+                    self._apply(self.muxer.push_audio(item.data, item.timestamp_ns // 1_000_000))
+                    continue
+                self._apply(self.muxer.push_video(item.data, item.timestamp_ns // 1_000_000, item.key))
                 self.counters.frames_muxed += 1
-            self._apply(self.fragmenter.close())
+            self._apply(self.muxer.close())
         except BaseException as e:  # noticed by check(): the process exits non-zero
             log.exception("muxer thread died")
             self._muxer_error = e

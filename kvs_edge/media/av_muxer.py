@@ -1,7 +1,7 @@
 """Video frames and audio frames -> fragmenter events, in timestamp order (pure).
 
 The audio track of a session must be declared in its header, and its AudioSpecificConfig may only be known once the
-first audio frame is out (ADTS input, a transcoder). So the Fragmenter is built at the first item the interleaver
+first audio frame is out (ADTS input, a transcoder). So the track is declared at the first item the interleaver
 releases: by then the interleaver has waited for the audio to reach the video's first timestamp (or for `max_wait_ms`
 of video without any audio, and then the session is video only).
 
@@ -23,35 +23,38 @@ from kvs_edge.media.interleave import AUDIO, VIDEO, Interleaver
 class AvMuxer:
     """push_video(data, ts_ms, key) / push_audio(data, ts_ms) / close() -> fragmenter events.
 
-    audio_track: called once, when the fragmenter is built: the AudioTrack to declare, or None (video only).
+    audio_track: the AudioTrack to declare, or None (not known yet); asked at the first item and whenever audio
+    comes back. audio=False: video only, straight to the fragmenter (no interleaving delay).
     """
 
     def __init__(self, target_ms: int, audio_track: Callable[[], AudioTrack | None], *, max_wait_ms: int = 1000,
-                 max_ms: int = 20000) -> None:
+                 max_ms: int = 20000, audio: bool = True) -> None:
         self.target_ms = target_ms
+        self.audio = audio
         self.max_ms = max_ms
         self._audio_track = audio_track
         self.interleaver = Interleaver(max_wait_ms)
-        self.fragmenter: Fragmenter | None = None
+        self.fragmenter = Fragmenter(target_ms, max_ms)  # the audio track is declared at the first item released
+        self._started = False
 
     def push_video(self, data: bytes, ts_ms: int, key: bool) -> list[Event]:
+        if not self.audio:
+            return self.fragmenter.push(data, ts_ms, key)
         return self._apply(self.interleaver.push(VIDEO, ts_ms, (data, key)))
 
     def push_audio(self, data: bytes, ts_ms: int) -> list[Event]:
         return self._apply(self.interleaver.push(AUDIO, ts_ms, data))
 
     def close(self) -> list[Event]:
-        ev = self._apply(self.interleaver.flush())
-        if self.fragmenter is not None:
-            ev += self.fragmenter.close()
-        return ev
+        return self._apply(self.interleaver.flush()) + self.fragmenter.close()
 
     def _apply(self, items) -> list[Event]:
         ev: list[Event] = []
         for kind, ts, item in items:
-            if self.fragmenter is None:
-                self.fragmenter = Fragmenter(self.target_ms, self.max_ms, audio=self._audio_track())
             f = self.fragmenter
+            if not self._started:
+                self._started = True
+                f.set_audio(self._audio_track())
             if kind == VIDEO:
                 newest_audio = self.interleaver.newest(AUDIO)
                 if item[1] and f.audio is not None and (newest_audio is None or newest_audio < ts):
@@ -68,4 +71,4 @@ class AvMuxer:
     @property
     def audio_active(self) -> bool:
         """True while the current session carries the audio track."""
-        return self.fragmenter is not None and self.fragmenter.audio_in_session
+        return self.fragmenter.audio_in_session
