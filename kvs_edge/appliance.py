@@ -155,7 +155,8 @@ class Appliance:
         self.source = source or open_source(cfg.source, fragment_seconds=cfg.stream.fragment_seconds,
                                             stall_seconds=cfg.health.stall_seconds)
         self.pipeline = Pipeline(source=self.source, frag_log=self.fragment_log,
-                                 fragment_seconds=cfg.stream.fragment_seconds, stall_seconds=cfg.health.stall_seconds)
+                                 fragment_seconds=cfg.stream.fragment_seconds, stall_seconds=cfg.health.stall_seconds,
+                                 audio=cfg.source.audio is not None)
         self.link = StreamLink(self, self.pipeline.events)
         self.pipeline.uploader = self.link
 
