@@ -22,7 +22,7 @@ from kvs_edge.kvs.uploader import Connected, Disconnected, Error, FragmentSkippe
 from kvs_edge.log import FragmentLog
 from kvs_edge.pipeline import Pipeline
 from kvs_edge.retry import STREAM_LOOKUP, Backoff
-from kvs_edge.sources import open_source
+from kvs_edge.sources import audio_beside, open_source
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ class Appliance:
                                             stall_seconds=cfg.health.stall_seconds)
         self.pipeline = Pipeline(source=self.source, frag_log=self.fragment_log,
                                  fragment_seconds=cfg.stream.fragment_seconds, stall_seconds=cfg.health.stall_seconds,
-                                 audio=cfg.source.audio is not None)
+                                 audio=cfg.source.audio is not None, audio_source=audio_beside(cfg.source))
         self.link = StreamLink(self, self.pipeline.events)
         self.pipeline.uploader = self.link
 

@@ -69,16 +69,19 @@ class Pipeline:
 
     def __init__(self, *, source, frag_log, uploader=None, fragment_seconds: float, queue_frames: int = 240,
                  stall_seconds: float = HealthConfig.stall_seconds, clock: Callable[[], float] = time.monotonic,
-                 audio: bool = False) -> None:
+                 audio: bool = False, audio_source=None) -> None:
         self.source = source
         self.fragment_log = frag_log
         self.uploader = uploader
-        # audio: the source's AAC frames (source.on_audio) go into track 2 of the same fragments (media/av_muxer.py)
-        self.audio = audio and hasattr(source, "on_audio")
+        # audio: AAC frames go into track 2 of the same fragments (media/av_muxer.py), from the video source itself
+        # (file, test pattern: audio=True) or from a capture beside it (audio_source: sources/alsa.AlsaAudio)
+        self.audio_source = audio_source if audio_source is not None else (
+            source if audio and hasattr(source, "on_audio") else None)
+        self.audio = self.audio_source is not None
         self.muxer = AvMuxer(int(fragment_seconds * 1000), self._audio_track, audio=self.audio)
         self.fragmenter = self.muxer.fragmenter
         if self.audio:
-            source.on_audio = self.emit_audio
+            self.audio_source.on_audio = self.emit_audio
         self.stall_seconds = stall_seconds
         self.clock = clock
         self.counters = Counters()
@@ -120,7 +123,7 @@ class Pipeline:
             self.counters.audio_frames_dropped += 1
 
     def _audio_track(self) -> AudioTrack | None:
-        a = getattr(self.source, "audio", None) if self.audio else None
+        a = getattr(self.audio_source, "audio", None) if self.audio else None
         return AudioTrack(a.asc, a.sample_rate, a.channels) if a is not None and a.asc else None
 
     def audio_state(self) -> str:
@@ -136,6 +139,8 @@ class Pipeline:
         if self.uploader is not None:
             self._spawn("uploader", self._upload_loop)
         self.source.start(self.emit)
+        if self.audio and self.audio_source is not self.source:
+            self.audio_source.start()
 
     def _spawn(self, name: str, target) -> None:
         t = threading.Thread(target=target, name=f"kvs-edge-{name}", daemon=True)
@@ -145,6 +150,8 @@ class Pipeline:
     def stop_capture(self, timeout: float = 3.0) -> None:
         """Stop the source and let the muxer write what is queued and close the current fragment (bounded)."""
         self.capture_stopped = True
+        if self.audio and self.audio_source is not self.source:
+            self.audio_source.stop(timeout=max(0.5, timeout / 4))
         try:
             self.source.stop(timeout=max(0.5, timeout / 2))
         except Exception as e:  # a source that fails to stop must not keep us from saving the log
