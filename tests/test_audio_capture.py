@@ -136,3 +136,58 @@ def test_capture_devices_reads_proc_asound_pcm(tmp_path):
     assert capture_devices(str(pcm)) == ["hw:1,0 (USB Audio)"]
     assert capture_devices(str(tmp_path / "none")) == []
     assert no_device_message("default", []).endswith("lists: none (no sound card found); sending video only")
+
+
+@pytest.mark.timeout(90)
+def test_pipeline_degrades_to_video_only_and_back(tmp_path, caplog):
+    """Test pattern video + the paced 'microphone', which is unplugged for ~2.5 s: the fragment log holds an
+    audio session, a video-only session, then an audio session again; the video never stops."""
+    from kvs_edge.log import FragmentLog
+    from kvs_edge.pipeline import Pipeline
+    from kvs_edge.sources.testpattern import TestPatternSource
+    from support.h264gen import read_kvs_mkv
+
+    wav = write_wav(tmp_path / "mic.wav", 12.0)
+    first, later = paced_wav(wav, fail_after=120), paced_wav(wav)  # ~2.6 s of sound, then the plug is pulled
+    state = {"n": 0, "gone_at": None}
+
+    def open_input(*a):
+        state["n"] += 1
+        if state["n"] == 1:
+            return first(*a)
+        if time.monotonic() - state["gone_at"] < 2.5:
+            raise OSError(19, "No such device")
+        return later(*a)
+
+    def tracking(*a):
+        try:
+            yield from open_input(*a)
+        except OSError:
+            if state["gone_at"] is None:
+                state["gone_at"] = time.monotonic()
+            raise
+
+    video = TestPatternSource(SimpleNamespace(width=96, height=64, fps=15, bitrate=200_000, profile="baseline"),
+                              fragment_seconds=1)
+    mic = AlsaAudio(audio_cfg(), open_input=tracking, backoff=Backoff(0.2, 0.4))
+    log = FragmentLog(str(tmp_path / "log"), 64 << 20, sync_interval_s=3600)
+    p = Pipeline(source=video, frag_log=log, fragment_seconds=1, audio_source=mic)
+    caplog.set_level("INFO")
+    p.start()
+    deadline = time.monotonic() + 60
+    while (mic.reopens < 1 or time.monotonic() - (state["gone_at"] or time.monotonic()) < 6) \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+    p.stop_capture()
+    headers, seqs, info = [], [], log.next_fragment(None, 1.0)
+    while info is not None:
+        body, _ = log.read(info.seq, 0, 1 << 24, 1.0)
+        if not headers or headers[-1][0] != info.header_id:
+            headers.append((info.header_id, log.header(info.header_id), []))
+        headers[-1][2].append(body)
+        info = log.next_fragment(info.seq, 0.1)
+    p.stop()
+    tracks = [read_kvs_mkv(h + b"".join(bodies)).tracks for _, h, bodies in headers]
+    assert tracks[:3] == [2, 1, 2], tracks
+    assert p.counters.frames_dropped == 0 and p.fragmenter.stats.frames_written == p.counters.frames_in
+    assert sum(1 for r in caplog.records if "gone" in r.message) == 1

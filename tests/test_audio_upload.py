@@ -115,3 +115,66 @@ def test_undecodable_audio_is_one_line_and_the_video_goes(emulator, cfg, tmp_pat
     assert "45 frames" in r.stdout
     got = read_tracks(archive_bytes(emulator, "noise"))
     assert len(got["video_ms"]) == 45
+
+
+# ---------------------------------------------------------------- kvs-edge mux VIDEO --audio AUDIO
+
+
+def mux(*args):
+    return subprocess.run([sys.executable, "-m", "kvs_edge", "mux", *map(str, args)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+
+
+def sound_file(path, codec, seconds=3.0, rate=48000):
+    from fractions import Fraction
+
+    import numpy as np
+
+    from support.avgen import tone
+
+    fmt = {"adts": "adts", "wav": "wav"}.get(path.suffix.lstrip("."), None)
+    with av.open(str(path), "w", format=fmt) as out:
+        st = out.add_stream(codec, rate=rate, layout="mono")
+        sf = st.codec_context.codec.audio_formats[0].name
+        for k in range(0, int(seconds * rate), 1024):
+            data = tone(1024, k, rate, 1)
+            f = av.AudioFrame.from_ndarray((data * 32767).astype(np.int16) if sf.startswith("s16") else data,
+                                           format=sf, layout="mono")
+            f.sample_rate, f.pts, f.time_base = rate, k, Fraction(1, rate)
+            for p in st.encode(f):
+                out.mux(p)
+        for p in st.encode(None):
+            out.mux(p)
+    return path
+
+
+@pytest.mark.parametrize("name, codec", [("s.adts", "aac"), ("s.wav", "pcm_s16le")])
+def test_mux_with_audio(tmp_path, name, codec):
+    from support.h264gen import make_h264
+
+    enc = make_h264(90, 160, 120, fps=30, gop=30)
+    video = tmp_path / "v.h264"
+    video.write_bytes(enc.annexb)
+    sound = sound_file(tmp_path / name, codec)
+    out = tmp_path / "o.mkv"
+    r = mux(video, "-o", out, "--fps", 30, "--start-ms", 1_700_000_000_000, "--audio", sound)
+    assert r.returncode == 0, r.stderr
+    assert "audio frames" in r.stdout
+    got = read_tracks(out.read_bytes())
+    assert got["audio_codec"] == "aac" and len(got["audio_extradata"]) == 2
+    assert len(got["video_ms"]) == 90
+    assert got["audio_ms"][0] - got["video_ms"][0] < 22  # the sound starts with the picture
+    assert got["audio_samples"] >= 3 * 48000 - 2 * aac.SAMPLES_PER_FRAME  # all of it, to the last picture and past
+
+
+def test_mux_audio_errors_are_one_line(tmp_path):
+    from support.h264gen import make_h264
+
+    video = tmp_path / "v.h264"
+    video.write_bytes(make_h264(30, 160, 120, fps=30).annexb)
+    bad = tmp_path / "x.wav"
+    bad.write_bytes(b"RIFF" + b"\x00" * 100)
+    for audio in (bad, tmp_path / "missing.aac"):
+        r = mux(video, "-o", tmp_path / "o.mkv", "--audio", audio)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--audio" in r.stderr, r.stderr
+        assert not (tmp_path / "o.mkv").exists()
