@@ -1,7 +1,7 @@
 """The appliance under load: `kvs-edge run` streaming 1080p30 H.264 at 8 Mbit/s from a file source, in real time, to
 the emulator running in another process.
 
-    python bench/pipeline.py [--seconds 60] [--width 1920 --height 1080 --fps 30 --bitrate 8000000]
+    python bench/pipeline.py [--seconds 60] [--width 1920 --height 1080 --fps 30 --bitrate 8000000] [--audio]
 
 Measured from outside the process (/proc/<pid>/stat and status), over the steady part of the run:
   CPU % of one core     (utime + stime) of the kvs-edge process / wall time
@@ -9,6 +9,10 @@ Measured from outside the process (/proc/<pid>/stat and status), over the steady
   latency p50 / p99     capture of a fragment's first frame -> its PERSISTED ACK, from the status file
 Reference in the same run: the same file read and paced by PyAV alone (no muxing, no log, no upload), so the table shows
 what the pipeline costs on top of reading the input. Targets: < 5 % of a core, < 80 MB RSS, p99 < fragment + 0.5 s.
+
+--audio (issue 14): the same video remuxed into an MKV with a 48 kHz mono PCM track, run twice in the same process
+setup: once video only (the audio track ignored), once with source.audio (PCM decoded and encoded to AAC-LC 64 kbit/s,
+interleaved as track 2: the work a microphone capture adds); the table shows both rows and the difference.
 """
 
 from __future__ import annotations
@@ -74,6 +78,38 @@ def measure(proc: subprocess.Popen, warmup: float, seconds: float) -> tuple[floa
     return 100.0 * (c1 - c0) / (t1 - t0), peak_rss_mb(proc.pid)
 
 
+def with_pcm_track(src: Path, fps: int, seconds: float = 60.0) -> Path:
+    """The raw H.264 remuxed into an MKV beside a 48 kHz mono PCM tone (cached next to the input)."""
+    import av
+    import numpy as np
+    from fractions import Fraction
+
+    out_path = src.with_suffix(".pcm.mkv")
+    if out_path.exists():
+        return out_path
+    tmp = out_path.with_suffix(".tmp.mkv")
+    with av.open(str(src), format="h264") as inp, av.open(str(tmp), "w") as out:
+        vin = inp.streams.video[0]
+        vs = out.add_stream_from_template(vin)
+        ast = out.add_stream("pcm_s16le", rate=48000, layout="mono")
+        k = 0
+        for i, p in enumerate(pk for pk in inp.demux(vin) if pk.size):
+            p.stream = vs
+            p.pts = p.dts = i
+            p.time_base = Fraction(1, fps)
+            out.mux(p)
+            while k < (i + 1) * 48000 // fps:
+                t = np.arange(k, k + 1024) / 48000
+                f = av.AudioFrame.from_ndarray((3000 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)[None, :],
+                                               format="s16", layout="mono")
+                f.sample_rate, f.pts, f.time_base = 48000, k, Fraction(1, 48000)
+                for q in ast.encode(f):
+                    out.mux(q)
+                k += 1024
+    tmp.rename(out_path)
+    return out_path
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=60)
@@ -82,6 +118,7 @@ def main() -> int:
     ap.add_argument("--fps", type=int, default=30)
     ap.add_argument("--bitrate", type=int, default=8_000_000)
     ap.add_argument("--fragment-seconds", type=float, default=2.0)
+    ap.add_argument("--audio", action="store_true", help="also measure the cost of an audio track (issue 14)")
     a = ap.parse_args()
 
     from mux import encode  # bench/mux.py: the same cached input
@@ -122,15 +159,30 @@ def main() -> int:
                 "time": {"require_sync": False},
                 "health": {"status_file": str(status_file)},
             }
-            (Path(tmp) / "c.yaml").write_text(yaml.safe_dump(cfg))
-            os.chmod(Path(tmp) / "c.yaml", 0o600)
-            run = subprocess.Popen(kvs + ["run", "--config", f"{tmp}/c.yaml"], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE, text=True, cwd=ROOT)
-            cpu, rss = measure(run, 5.0, a.seconds)
+            def run_once(config: dict):
+                (Path(tmp) / "c.yaml").write_text(yaml.safe_dump(config))
+                os.chmod(Path(tmp) / "c.yaml", 0o600)
+                proc = subprocess.Popen(kvs + ["run", "--config", f"{tmp}/c.yaml"], stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                cpu_, rss_ = measure(proc, 5.0, a.seconds)
+                status_ = json.loads(status_file.read_text())
+                proc.send_signal(signal.SIGTERM)
+                _, err_ = proc.communicate(timeout=30)
+                return proc, cpu_, rss_, status_, err_
+
+            run, cpu, rss, status, err = run_once(cfg)
+            audio_rows = []
+            if a.audio:
+                mkv_src = with_pcm_track(src, a.fps)
+                for i, audio in enumerate((None, {"sample_rate": 48000, "channels": 1, "bitrate": "64k"})):
+                    c = json.loads(json.dumps(cfg))
+                    c["stream"]["name"] = "bench"
+                    c["buffer"]["path"] = f"{tmp}/buf-a{i}"
+                    c["source"] = {"type": "file", "uri": str(mkv_src), "fps": a.fps, "loop": True}
+                    if audio:
+                        c["source"]["audio"] = audio
+                    audio_rows.append(run_once(c))
             emu_cpu = cpu_seconds(emu.pid)
-            status = json.loads(status_file.read_text())
-            run.send_signal(signal.SIGTERM)
-            _, err = run.communicate(timeout=30)
             ref = subprocess.Popen([sys.executable, "-c", REFERENCE, str(src), str(a.fps), str(a.seconds + 5)])
             ref_cpu, ref_rss = measure(ref, 5.0, a.seconds)
             ref.wait(30)
@@ -146,6 +198,20 @@ def main() -> int:
     print(f"| kvs-edge run | {cpu:.1f} | {rss:.1f} | {lat.get('p50')} | {lat.get('p99')} | "
           f"{status.get('fragments_persisted')} |")
     print(f"| reference: PyAV reading + pacing the same file | {ref_cpu:.1f} | {ref_rss:.1f} | - | - | - |")
+    if audio_rows:
+        print("\nissue 14: the same video in an MKV with a 48 kHz mono PCM track\n")
+        print("| kvs-edge run | CPU % of one core | peak RSS MB | latency p50 s | latency p99 s | audio frames |")
+        print("|---|---:|---:|---:|---:|---:|")
+        for name, (_, c_, r_, st_, _) in zip(("video only (track ignored)", "with source.audio (PCM -> AAC 64k)"),
+                                             audio_rows):
+            l_ = st_.get("latency_s", {})
+            print(f"| {name} | {c_:.1f} | {r_:.1f} | {l_.get('p50')} | {l_.get('p99')} | "
+                  f"{(st_.get('audio') or {}).get('written', 0)} |")
+        (_, c0, r0, _, _), (_, c1, r1, _, _) = audio_rows
+        print(f"| added by audio | {c1 - c0:+.1f} | {r1 - r0:+.1f} | | | |")
+        for p_, _, _, _, e_ in audio_rows:
+            if p_.returncode != 0:
+                print(f"kvs-edge run (audio bench) exited {p_.returncode}: {e_[-2000:]}", file=sys.stderr)
     print(f"\nframes {status['camera']['frames']}, dropped {status['frames_dropped']}, "
           f"backlog at the end {status['backlog']['fragments']} fragments; "
           f"emulator CPU over the whole run {emu_cpu:.1f} s; targets: < 5 % CPU, < 80 MB, "
