@@ -6,7 +6,8 @@ so they are imported when the source starts, never when this module is imported.
 - Encoder: `H264Encoder` is the hardware encoder on VC4 boards (Pi Zero 2, 3, 4, CM4) and an alias of
   `LibavH264Encoder` (libx264) on a Pi 5. It gets repeat=True (SPS/PPS before every IDR, so any fragment can start a
   session), iperiod = fps x fragment seconds (one IDR per fragment), the bitrate, profile and the frame rate as a
-  Fraction (the libav encoder assumes 30 fps unless told, and PyAV rejects a float rate). `enable_sps_framerate` is never passed: the libav encoder has no such parameter.
+  Fraction (the libav encoder assumes 30 fps unless told, and PyAV rejects a float rate). `enable_sps_framerate` is
+  never passed: the libav encoder has no such parameter.
 - Size: libcamera adjusts a size the camera cannot produce, and picamera2's configure() accepts that silently;
   the size read back from `camera_config["main"]` after configure() is the one used (and named, with one warning).
 - Capture time: `encoder.firsttimestamp + timestamp` in microseconds, on the SensorTimestamp clock (CLOCK_MONOTONIC
