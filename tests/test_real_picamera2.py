@@ -113,6 +113,12 @@ def test_camera_info_and_configuration_come_from_libcamera(recording):
     rates = CAMERA_DESC["supported_formats"][0]["frame_rates"]
     assert (lo, hi) == (1_000_000 // rates[1], 1_000_000 // rates[0])
     assert r["memfd_buffers"] > 0  # picamera2's allocator really ran (over the stand-in heap)
+    # While recording, frames reach kvs-edge's Output on picamera2's own thread (not the source's watchdog, not the
+    # caller's); the frames libx264 still holds come out during stop_recording(), on the thread that stops it.
+    frames = r["frames"]
+    recording = {f["thread"] for f in frames if f["emit_ns"] <= r["recording_ns"]}
+    assert len(recording) == 1 and recording.isdisjoint({"kvs-edge-source", r["main_thread"]})
+    assert {f["thread"] for f in frames if f["emit_ns"] > r["recording_ns"]} <= recording | {"kvs-edge-camera-stop"}
     assert r["stopped"]
 
 

@@ -69,11 +69,12 @@ def main() -> int:
                           profile="high", hflip=False, vflip=False, rotation=0, tuning_file=None, camera_index=0)
     src = PicameraSource(cfg, fragment_seconds=args.fragment_seconds)
 
-    frames: list[tuple[int, bool, bytes, int]] = []  # (ts_ns, key, data, monotonic_ns at emit)
+    frames: list[tuple[int, bool, bytes, int, str]] = []  # (ts_ns, key, data, monotonic_ns at emit, thread)
     got_first = threading.Event()
 
     def emit(frame) -> None:
-        frames.append((frame.timestamp_ns, frame.key, frame.data, time.monotonic_ns()))
+        frames.append((frame.timestamp_ns, frame.key, frame.data, time.monotonic_ns(),
+                       threading.current_thread().name))
         got_first.set()
 
     result: dict = {"platform_probe": platform, "requested": [args.width, args.height]}
@@ -99,11 +100,13 @@ def main() -> int:
         "iperiod": src.iperiod, "camera_info": picamera2.Picamera2.global_camera_info(),
         "before_ns": before_ns, "first_ns": first_ns, "recording_ns": recording_ns, "after_ns": after_ns,
         "stopped": src._camera is None and not (src._thread and src._thread.is_alive()),
+        "main_thread": threading.main_thread().name,
         "memfd_buffers": sum(h.allocated for h in memfd_dma_heap.heaps),
-        "frames": [{"ts_ns": ts, "key": key, "bytes": len(data), "emit_ns": at} for ts, key, data, at in frames],
+        "frames": [{"ts_ns": ts, "key": key, "bytes": len(data), "emit_ns": at, "thread": thread}
+                   for ts, key, data, at, thread in frames],
         "log": logs.lines,
     })
-    (out / "frames.h264").write_bytes(b"".join(data for _, _, data, _ in frames))
+    (out / "frames.h264").write_bytes(b"".join(f[2] for f in frames))
     (out / "result.json").write_text(json.dumps(result, default=list, indent=1))
     return 0
 
