@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Debian tools some tests use (unit checks, shell lint); installed with apt when missing (CI runs as root).
 APT_TOOLS := shellcheck:shellcheck systemd-analyze:systemd
 
-.PHONY: test demo venv tools bench image-test clean
+.PHONY: test demo venv tools bench image-test picamera-test clean
 
 venv: $(STAMP)
 
@@ -45,6 +45,13 @@ bench: $(STAMP)
 # then checked inside it (see docs/image.md). Needs root; installs debootstrap/qemu-user-static/binfmt-support.
 image-test: $(STAMP)
 	bash image-build/image-test.sh
+
+# The real Picamera2 (PyPI) on a real libcamera (Debian sid's source, virtual camera, our patch): built by
+# tools/real-picamera/build.sh into /var/cache/kvs-edge-picamera-<key> (about ten minutes the first time, needs root
+# for apt), then tests/test_real_picamera2.py, which skips in plain `make test` when that build is absent.
+picamera-test: $(STAMP)
+	bash tools/real-picamera/build.sh
+	KVS_EDGE_REQUIRE_REAL_PICAMERA=1 $(PY) -m pytest -q -s tests/test_real_picamera2.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info
