@@ -113,6 +113,40 @@ def test_acks_arrive_while_the_body_is_still_open(emulator):
         assert [a["FragmentTimecode"] for a in c.acks if a["EventType"] == "PERSISTED"] == cluster_timecodes(REF)
 
 
+def test_each_ack_is_its_own_http_chunk_and_100_continue_comes_first(emulator):
+    # The SDK's ACK parser keeps only the first ACK of every chunk it is handed (PIC AckParser.c), so the service
+    # sends one per chunk; curl sends "Expect: 100-continue" and waits for the 100 before the body.
+    emulator.create_stream("cam")
+    with PutMediaClient(emulator.url, "cam", extra_headers={"expect": "100-continue"}) as c:
+        assert c.response() == 200 and c.informational == [100]
+        c.send(REF)
+        c.finish()
+        c.read_until_end()
+    assert len(c.acks) == 3 * len(cluster_timecodes(REF))
+    assert all(ch.count(b"\n") == 1 and ch.endswith(b"\n") and json.loads(ch) for ch in c.chunks), c.chunks[:4]
+    assert len(c.chunks) == len(c.acks)
+    with PutMediaClient(emulator.url, "cam") as c:  # no Expect header: no 100
+        assert c.response() == 200 and c.informational == []
+
+
+def test_a_fragment_that_cannot_be_archived_gets_error_5001_not_persisted(emulator, caplog):
+    arn = emulator.create_stream("cam")
+    header, c0, c1, c2, *rest = split_at_clusters(REF)
+    with PutMediaClient(emulator.url, "cam") as c:
+        c.response()
+        c.send(header + c0 + c1[:30])
+        c.read_acks(5, until=lambda a: a["EventType"] == "PERSISTED")
+        emulator.store.delete(arn)  # the archive is gone under the open session: nothing more can be stored
+        c.send(c1[30:] + c2)
+        c.read_acks(5, until=lambda a: a["EventType"] == "ERROR")
+        c.read_acks(5)
+    assert events(c.acks)[-2:] == [("RECEIVED", 1700000001000), ("ERROR", 1700000001000)]
+    assert c.acks[-1]["ErrorId"] == 5001 and c.acks[-1]["ErrorCode"] == "ARCHIVAL_ERROR"
+    assert c.ended  # an ERROR ends the connection
+    assert ("PERSISTED", 1700000001000) not in events(c.acks)
+    assert any("cannot archive fragment" in r.getMessage() for r in caplog.records)
+
+
 def test_tls_putmedia_and_control_plane(tls_emulator):
     client = kvs_client(tls_emulator)
     arn = client.create_stream(StreamName="cam", DataRetentionInHours=2)["StreamARN"]
@@ -179,7 +213,7 @@ def test_rule_breaking_streams_get_the_error_then_the_connection_closes(emulator
         errors = [a for a in c.acks if a["EventType"] == "ERROR"]
         assert len(errors) == 1 and errors[0]["ErrorId"] == error_id
         assert c.acks[-1] == errors[0]  # nothing after the ERROR
-    assert emulator.stats("cam").error_acks == [(error_id, errors[0]["FragmentTimecode"])]
+    assert emulator.stats("cam").error_acks == [(error_id, errors[0].get("FragmentTimecode"))]
 
 
 def test_bad_signature_gets_403_and_nothing_is_stored(emulator):
@@ -297,10 +331,12 @@ def test_fault_drop_after_bytes_cuts_the_connection_and_keeps_what_was_received(
     c.read_acks(2)
     assert c.ended and not any(a["EventType"] == "ERROR" for a in c.acks)
     assert [e.producer_ts_ms for e in emulator.archive("cam")] == [1700000000000, 1700000001000]
-    # one shot: the next connection goes through (and resending from the start is older than what is stored)
+    # one shot: the next connection goes through; re-sending from the start on a new connection is accepted
+    # (4004 applies within one PutMedia call only), so the fragments received before the drop are archived twice
     wait_for(lambda: emulator.stats("cam").active == 0)
     status, acks, _ = put_media_requests(emulator.url, "cam", REF)
-    assert status == 200 and acks[-1]["EventType"] == "ERROR" and acks[-1]["ErrorId"] == 4004
+    assert status == 200 and acks[-1]["EventType"] == "PERSISTED"
+    assert len(emulator.archive("cam")) == 2 + 6
 
 
 @pytest.mark.parametrize("kind,status,etype", [("503", 503, "ServiceUnavailableException"),
@@ -441,11 +477,9 @@ def test_streams_and_archive_survive_a_restart(make_emulator, tmp_path):
     emu2 = make_emulator(data_dir=data_dir)
     assert kvs_client(emu2).describe_stream(StreamName="cam")["StreamInfo"]["StreamName"] == "cam"
     assert emu2.archive("cam") == before
-    # the stream remembers its last frame across the restart (4004) and keeps numbering upwards
+    # the stream keeps its cursor across the restart: fragment numbers go on upwards
     status, acks, _ = put_media_requests(emu2.url, "cam", (SDK_DIR / "reset.session2.mkv").read_bytes())
-    assert acks[-1]["ErrorId"] == 4004  # fragment 3000 was received whole in the first session (clean end)
-    status, acks, _ = put_media_requests(emu2.url, "cam", set_cluster_timecode(
-        (SDK_DIR / "reset.session2.mkv").read_bytes(), 0, 1700000003400))
+    assert acks[-1]["EventType"] == "PERSISTED"
     assert int(acks[0]["FragmentNumber"]) > int(before[-1].fragment_number)
     r = requests.get(emu2.url + "/archive/cam", timeout=5)
     assert r.status_code == 200 and [e["producer_ts_ms"] for e in r.json()][:4] == [e.producer_ts_ms for e in before]

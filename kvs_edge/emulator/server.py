@@ -36,6 +36,7 @@ DEFAULT_SECRET_ACCESS_KEY = "kvs-edge-emulator-secret"
 
 MAX_CONTROL_BODY = 1 << 20
 READ_SIZE = 256 * 1024
+STALL_BUFFER = 32 << 20  # what a stalled connection still takes off the socket before it stops reading
 SERVER_NAME = b"kvs-edge-emulator"
 
 
@@ -396,6 +397,7 @@ class Emulator:
         next_read = 0.0  # monotonic time before which the rate limit forbids reading
         body_done = False
         alive = True
+        stalled_bytes = 0  # read (not processed) during the current stall
 
         def handle(outputs) -> None:
             delay = self.faults.ack_delay
@@ -445,8 +447,25 @@ class Emulator:
                 now_m = time.monotonic()
                 stall = self.faults.stalled_for()
                 if stall > 0 and not body_done:
-                    _stalled_wait(conn, min(stall, 0.1))
+                    # Stalled: nothing is processed or acknowledged. The front end still takes bytes off the
+                    # socket (up to STALL_BUFFER, then it stops reading), as the service's TLS-terminating front
+                    # end does: so it sees a client that gives up and closes (its FIN waits behind the data it
+                    # had queued), and frees the stream's single connection slot for the client's next attempt.
+                    if stalled_bytes < STALL_BUFFER:
+                        conn.settimeout(min(stall, 0.1))
+                        try:
+                            data = conn.recv(min(READ_SIZE, STALL_BUFFER - stalled_bytes))
+                        except (socket.timeout, ssl.SSLWantReadError):
+                            continue
+                        if not data:
+                            raise _Closed("the client closed the connection while the server was stalled")
+                        h.receive_data(data)  # held by h11 until the stall ends
+                        stalled_bytes += len(data)
+                        received += len(data)
+                    else:
+                        _stalled_wait(conn, min(stall, 0.1))
                     continue
+                stalled_bytes = 0
                 waits = []
                 dl = core.deadline()
                 if dl is not None:

@@ -138,7 +138,8 @@ class SampleRun:
     seconds: float  # wall time of the whole run
     log_text: str
     dumps: list[Path]
-    acks: dict[str, int] = field(default_factory=dict)  # the SDK's own stream metrics at its end
+    acks: dict[str, int] = field(default_factory=dict)  # the SDK's own ACK counters, last logged values
+    received: dict[str, int] = field(default_factory=dict)  # ACKs curl handed to the SDK's parser, by EventType
 
     def count(self, needle: str) -> int:
         return self.log_text.count(needle)
@@ -149,12 +150,19 @@ class SampleRun:
 
     @property
     def failed_acks(self) -> int:
-        """ACKs the SDK's parser or state machine refused ("Failed to submit ACK")."""
-        return self.count("Failed to submit ACK")
+        """ACKs the SDK's parser or state machine refused ("Failed to submit ACK: {"EventType"..."). The SDK also
+        feeds HTTP error bodies (`{"__type": ...}`) to its ACK parser and logs the same line: those are not ACKs."""
+        return self.count('Failed to submit ACK: {"EventType"')
 
     @property
     def stale_resets(self) -> int:
-        return self.count("Reported streamConnectionStale callback")
+        """Connections the SDK reset because no BUFFERING ACK came for 5 s (its stale-connection state machine)."""
+        return self.count("Connection Stale State Machine move to RESET_CONNECTION_STATE")
+
+    @property
+    def processed_acks(self) -> int:
+        """ACKs the SDK received and acted on: every one it was handed minus those it discarded or refused."""
+        return sum(self.received.values()) - self.discarded_acks - self.failed_acks
 
     @property
     def stream_errors(self) -> list[str]:
@@ -162,6 +170,8 @@ class SampleRun:
 
 
 _METRIC = re.compile(r"Number of (Buffered|Received|Persisted|Error) ACKs: (\d+)")
+_RECEIVED = re.compile(r"Curl post body write function for stream with handle: \S+ and upload handle: \d+ "
+                       r"returned: (\{.*?\})\s*$", re.M)
 _SESSIONS = re.compile(r"Total number of streaming sessions: (\d+)")
 
 
@@ -185,14 +195,17 @@ def run_sample(sdk: Sdk, emu: EmulatorProcess, stream: str, seconds: int, workdi
     with open(log_path, "w") as log:
         p = subprocess.run([str(sdk.sample), stream, "h264", str(seconds), str(sdk.root / "samples")], env=env,
                            stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
-                           timeout=timeout_s or seconds + 120)
+                           timeout=timeout_s or seconds + 60)
     text = log_path.read_text(errors="replace")
     run = SampleRun(p.returncode, time.monotonic() - started, text, sorted(dump_dir.glob("*.mkv")))
-    for kind, n in _METRIC.findall(text):
+    for kind, n in _METRIC.findall(text):  # logged periodically: the last value wins
         run.acks[kind.lower()] = int(n)
-    m = _SESSIONS.search(text)
-    if m:
-        run.acks["sessions"] = int(m.group(1))
+    for body in _RECEIVED.findall(text):
+        kind = json.loads(body).get("EventType")
+        if kind:  # (not an HTTP error body)
+            run.received[kind] = run.received.get(kind, 0) + 1
+    for n in _SESSIONS.findall(text):
+        run.acks["sessions"] = int(n)
     return run
 
 
