@@ -412,6 +412,29 @@ def test_fault_stall_stops_reading(emulator):
         assert ("PERSISTED", 1700000000000) in events(got)
 
 
+def test_a_client_that_gives_up_on_a_stalled_connection_frees_the_stream_slot(emulator):
+    # The SDK resets a connection that got no BUFFERING ACK for 5 s and reconnects at once; its FIN is queued behind
+    # the data the stalled server has not read. The stalled server must still see it, or every reconnect gets
+    # ConnectionLimitExceeded until the stall ends.
+    emulator.create_stream("cam")
+    header, c0, c1, *rest = split_at_clusters(REF)
+    emulator.faults.stall(30.0)
+    first = PutMediaClient(emulator.url, "cam")
+    assert first.response() == 200
+    first.send(header + c0 + c1)
+    assert first.read_acks(0.3) == []  # stalled: nothing processed
+    first.close()
+    wait_for(lambda: emulator.stats("cam").active == 0)
+    second = PutMediaClient(emulator.url, "cam")
+    assert second.response() == 200  # not ConnectionLimitExceeded
+    emulator.faults.clear()
+    second.send(REF)
+    second.finish()
+    second.read_until_end()
+    assert ("PERSISTED", 1700000000000) in events(second.acks)
+    assert emulator.stats("cam").http_errors == []
+
+
 def test_fault_rate_limit_still_delivers_everything(emulator):
     emulator.create_stream("cam")
     emulator.faults.rate_limit(200_000)
@@ -515,6 +538,37 @@ def test_cli_lists_the_archive_and_runs_until_sigterm(emulator, tmp_path):
     badfault = subprocess.run([sys.executable, "-m", "kvs_edge", "emulator", "--fault", "explode=1"],
                               capture_output=True, text=True, timeout=60)
     assert badfault.returncode == 2 and "unknown fault" in badfault.stderr
+
+
+def test_cli_refuse_at_start_refuses_then_listens_on_the_same_port_and_prints_its_start_line_once(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "kvs_edge", "emulator", "--port", "0", "--data-dir",
+                             str(tmp_path / "cli"), "--fault", "refuse=1.5"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        lines = [proc.stdout.readline() for _ in range(3)]
+        url = json.loads(lines[2])["url"]
+        port = int(url.rsplit(":", 1)[1])
+        with pytest.raises(ConnectionRefusedError):  # offline from the start
+            socket.create_connection(("127.0.0.1", port), timeout=2)
+        # then online on that very port (the timer does not fail with "Address already in use")
+        wait_for(lambda: _connects(port), timeout=10)
+        kvs_client(type("E", (), {"url": url})()).create_stream(StreamName="cam", DataRetentionInHours=1)
+        proc.terminate()
+        out, err = proc.communicate(timeout=10)
+        assert proc.returncode == 0
+    finally:
+        proc.kill()
+    everything = "".join(lines) + out + err
+    assert everything.count("listening on") == 1, everything
+    assert "Traceback" not in err and "Address already in use" not in err
+
+
+def _connects(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+        return True
+    except OSError:
+        return False
 
 
 def test_cli_serves_an_iot_credentials_provider_whose_keys_the_endpoint_accepts(tmp_path):
