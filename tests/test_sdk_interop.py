@@ -39,7 +39,7 @@ def stream_through(sdk, tmp_path, figures, name: str, faults: list[str], seconds
             f"{len(archived.keys)} / {archived.count} ({len(emu.archive_index(STREAM))} index entries); "
             f"ACKs processed by the SDK {run.processed_acks} of {sum(run.received.values())} "
             f"({', '.join(f'{k} {v}' for k, v in sorted(run.received.items()))}); "
-            f"{len(run.dumps)} connections, {run.stale_resets} stale resets, "
+            f"{len(run.dumps)} PutMedia requests, {run.stale_resets} stale resets, "
             f"stream errors {run.stream_errors or 'none'}; exit {run.exit_code} after {run.seconds:.1f} s")
     return run, emu, wire, archived
 
