@@ -9,18 +9,16 @@ a real loopback device (snd-aloop) belongs to the VM test bed.
 from __future__ import annotations
 
 import time
-from fractions import Fraction
 from types import SimpleNamespace
 
 import av
-import numpy as np
 import pytest
 
 from kvs_edge.clock import KernelClock
 from kvs_edge.media import aac
 from kvs_edge.retry import Backoff
 from kvs_edge.sources.alsa import AlsaAudio, capture_devices, no_device_message, open_alsa
-from support.avgen import tone
+from support.avgen import sound_file
 
 RATE = 48000
 
@@ -32,17 +30,7 @@ def audio_cfg(**kw):
 
 
 def write_wav(path, seconds: float):
-    with av.open(str(path), "w", format="wav") as out:
-        st = out.add_stream("pcm_s16le", rate=RATE, layout="mono")
-        for k in range(0, int(seconds * RATE), 1024):
-            f = av.AudioFrame.from_ndarray((tone(1024, k, RATE, 1) * 32767).astype(np.int16), format="s16",
-                                           layout="mono")
-            f.sample_rate, f.pts, f.time_base = RATE, k, Fraction(1, RATE)
-            for p in st.encode(f):
-                out.mux(p)
-        for p in st.encode(None):
-            out.mux(p)
-    return path
+    return sound_file(path, "pcm_s16le", seconds, RATE)
 
 
 def paced_wav(path, *, fail_after: int | None = None, log: list | None = None):

@@ -8,7 +8,6 @@ import io
 from fractions import Fraction
 
 import av
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as hs
@@ -290,7 +289,7 @@ def test_the_fragment_log_carries_audio_with_its_video(tmp_path):
         data, done = log.read(info.seq, 0, 1 << 24, 1.0)
         body += data
         info = log.next_fragment(info.seq, 0.1)
-    session = log.header(1 if False else log.info(seqs[0]).header_id) + body + mkv.end_of_fragment_tag()
+    session = log.header(log.info(seqs[0]).header_id) + body + mkv.end_of_fragment_tag()
     s = check_kvs_rules(session, with_audio=True)
     assert sum(1 for c in s.clusters for b in c.blocks if b.track == 2) == rec.audio_frames
     log.close()

@@ -20,10 +20,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SECONDS = 30
 
 
-def archive(emu, stream="cam") -> bytes:
-    return b"".join(Path(f).read_bytes() for f in emu.archive_files(stream))
-
-
 @pytest.mark.timeout(SECONDS + 120)
 def test_testpattern_with_audio_through_run_stays_in_sync(emulator, tmp_path):
     emulator.create_stream("cam")

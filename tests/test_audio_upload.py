@@ -15,7 +15,7 @@ import pytest
 
 from kvs_edge.media import aac
 from support.appliance import config_dict, write_config
-from support.avgen import make_av_file, read_tracks
+from support.avgen import make_av_file, read_tracks, sound_file
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,13 +26,16 @@ def upload(*args, timeout=120):
 
 
 def archive_bytes(emu, stream) -> bytes:
-    files = emu.store.archive_files(stream) if hasattr(emu, "store") else emu.archive_files(stream)
+    files = emu.archive_files(stream)
     assert len(files) == 1, files  # one session
     return Path(files[0]).read_bytes()
 
 
-def aac_packets(path) -> list[tuple[float, bytes]]:
-    with av.open(str(path)) as c:
+def aac_packets(src) -> list[tuple[float, bytes]]:
+    """(ms, bytes) of every audio packet of a file (path) or an MKV (bytes), read with PyAV."""
+    import io
+
+    with av.open(io.BytesIO(src) if isinstance(src, bytes) else str(src)) as c:
         a = c.streams.audio[0]
         return [(float(p.pts * p.time_base * 1000), bytes(p)) for p in c.demux(a) if p.size]
 
@@ -64,7 +67,7 @@ def test_upload_mp4_with_aac_keeps_every_frame_and_the_offset(emulator, cfg, tmp
     # every AAC frame from the first video frame on (earlier ones -- the encoder's priming frame -- have no
     # fragment to go in: fragments start at a video key frame), bit for bit, in order
     want = [(ms - v0, data) for ms, data in aac_packets(src) if ms >= v0]
-    have = [(ms - got["video_ms"][0], data) for ms, data in aac_packets_bytes(out)]
+    have = [(ms - got["video_ms"][0], data) for ms, data in aac_packets(out)]
     assert [d for _, d in have] == [d for _, d in want]
     # ... and they cover every sample of the input's audio
     assert len(have) * aac.SAMPLES_PER_FRAME >= round(4 * 48000 * 1000 - audio_start_ms * 48000) // 1000
@@ -72,14 +75,6 @@ def test_upload_mp4_with_aac_keeps_every_frame_and_the_offset(emulator, cfg, tmp
     assert abs(have[0][0] - want[0][0]) <= 10
     assert max(abs(h[0] - w[0]) for h, w in zip(have, want)) <= 1.0 + 1e-6
     assert len(got["video_ms"]) == len(inp["video_ms"])
-
-
-def aac_packets_bytes(data: bytes) -> list[tuple[float, bytes]]:
-    import io
-
-    with av.open(io.BytesIO(data)) as c:
-        a = c.streams.audio[0]
-        return [(float(p.pts * p.time_base * 1000), bytes(p)) for p in c.demux(a) if p.size]
 
 
 @pytest.mark.timeout(150)
@@ -96,7 +91,7 @@ def test_upload_other_audio_becomes_raw_aac(emulator, cfg, tmp_path, name, audio
     got = read_tracks(archive_bytes(emulator, stream))
     assert got["audio_codec"] == "aac" and aac.valid_asc(got["audio_extradata"])
     assert len(got["audio_extradata"]) == 2  # the plain config, never LATM or ADTS
-    packets = aac_packets_bytes(archive_bytes(emulator, stream))
+    packets = aac_packets(archive_bytes(emulator, stream))
     assert not any(aac.is_adts(d) for _, d in packets)
     # the sound is all there: decoded samples cover the 3 s (less what precedes the first video frame)
     assert got["audio_samples"] >= 3 * 48000 - 2 * aac.SAMPLES_PER_FRAME
@@ -123,29 +118,6 @@ def test_undecodable_audio_is_one_line_and_the_video_goes(emulator, cfg, tmp_pat
 def mux(*args):
     return subprocess.run([sys.executable, "-m", "kvs_edge", "mux", *map(str, args)], capture_output=True, text=True,
                           cwd=ROOT, timeout=120)
-
-
-def sound_file(path, codec, seconds=3.0, rate=48000):
-    from fractions import Fraction
-
-    import numpy as np
-
-    from support.avgen import tone
-
-    fmt = {"adts": "adts", "wav": "wav"}.get(path.suffix.lstrip("."), None)
-    with av.open(str(path), "w", format=fmt) as out:
-        st = out.add_stream(codec, rate=rate, layout="mono")
-        sf = st.codec_context.codec.audio_formats[0].name
-        for k in range(0, int(seconds * rate), 1024):
-            data = tone(1024, k, rate, 1)
-            f = av.AudioFrame.from_ndarray((data * 32767).astype(np.int16) if sf.startswith("s16") else data,
-                                           format=sf, layout="mono")
-            f.sample_rate, f.pts, f.time_base = rate, k, Fraction(1, rate)
-            for p in st.encode(f):
-                out.mux(p)
-        for p in st.encode(None):
-            out.mux(p)
-    return path
 
 
 @pytest.mark.parametrize("name, codec", [("s.adts", "aac"), ("s.wav", "pcm_s16le")])

@@ -265,7 +265,7 @@ class FileSource(Source):
                         self._audio_packet(p, first or 0, offset, pacer)
                     early_audio.clear()
                 if self.audio is not None and self.on_audio is not None:
-                    self._deliver_audio(self.audio.flush(), 0, offset, pacer)
+                    self._deliver_audio(self.audio.flush(), offset, pacer)
             except av.FFmpegError as e:
                 raise SourceError(f"{self.path}: read error after {index} frames "
                                   f"({_av_error_text(e, self.path)}): the file is damaged") from e
@@ -317,9 +317,9 @@ class FileSource(Source):
         except AudioUnusable as e:
             self._audio_failed(str(e))
             return
-        self._deliver_audio(frames, 0, offset, pacer)
+        self._deliver_audio(frames, offset, pacer)
 
-    def _deliver_audio(self, frames, first_ns: int, offset: int, pacer) -> None:
+    def _deliver_audio(self, frames, offset: int, pacer) -> None:
         from kvs_edge.media.frame import AudioFrame
 
         for data, media in frames:
@@ -398,16 +398,10 @@ class StreamSource(Source):
                 conv = AnnexBConverter(stream.codec_context.extradata)
                 stamps.reset()
                 waiting_for_key = True
-                for packet in container.demux(*([stream, astream] if astream is not None else [stream])):
+                for packet in container.demux(stream):
                     if self._stopping.is_set():
                         return
                     if packet.size == 0:
-                        continue
-                    if astream is not None and packet.stream is astream:
-                        if first is None and not self.raw:
-                            early_audio.append(packet)
-                        else:
-                            self._audio_packet(packet, first or 0, offset, pacer)
                         continue
                     data, key = conv.convert(bytes(packet))
                     if waiting_for_key and not key:

@@ -114,3 +114,21 @@ def read_tracks(path_or_bytes) -> dict:
                 except av.error.InvalidDataError:
                     info["audio_undecodable"] = info.get("audio_undecodable", 0) + 1
     return info
+
+
+def sound_file(path: Path, codec: str, seconds: float = 3.0, rate: int = 48000) -> Path:
+    """A mono sound file of the 440 Hz tone (the container from the suffix: .adts, .wav, .m4a ...)."""
+    fmt = {"adts": "adts", "wav": "wav"}.get(path.suffix.lstrip("."), None)
+    with av.open(str(path), "w", format=fmt) as out:
+        st = out.add_stream(codec, rate=rate, layout="mono")
+        sf = st.codec_context.codec.audio_formats[0].name
+        for k in range(0, int(seconds * rate), 1024):
+            data = tone(1024, k, rate, 1)
+            f = av.AudioFrame.from_ndarray((data * 32767).astype(np.int16) if sf.startswith("s16") else data,
+                                           format=sf, layout="mono")
+            f.sample_rate, f.pts, f.time_base = rate, k, Fraction(1, rate)
+            for p in st.encode(f):
+                out.mux(p)
+        for p in st.encode(None):
+            out.mux(p)
+    return path
