@@ -861,6 +861,10 @@ def _cross_checks(v: dict[str, dict[str, Any]], iot_given: bool, err: _Errors) -
         err("source.uri", "not used by source.type picamera (the default); set source.type (file, rtsp or v4l2)")
     if source.get("loop") and stype != "file":
         err("source.loop", f"only applies to source.type file (it is {stype})")
+    audio = source.get("audio")
+    if audio is not None and stype in ("file", "rtsp", "testpattern") and audio.device != "auto" \
+            and not err.about("source.audio.device"):
+        err("source.audio.device", f"{_show(audio.device)}: source.type {stype} brings its own sound; set it to auto")
 
 
 def _resolve_paths(v: dict[str, dict[str, Any]], base_dir: str) -> None:

@@ -633,3 +633,22 @@ def test_cli_missing_file_exit_2(tmp_path):
     assert (r.returncode, r.stdout) == (2, "")
     assert r.stderr == (f"{tmp_path}/none.yaml: no such file; copy the example (config/kvs-edge.yaml) there and "
                         "edit it\n")
+
+
+def test_source_audio_block(tmp_path):
+    from kvs_edge.config import AudioConfig
+
+    base = "stream:\n  name: cam\nsource:\n  type: testpattern\n"
+    cfg = load_config(write(tmp_path, base + "  audio:\n    sample_rate: 44100\n    channels: 2\n    bitrate: 96k\n"))
+    assert cfg.source.audio == AudioConfig(device="auto", sample_rate=44100, channels=2, bitrate=96_000, codec="aac")
+    assert load_config(write(tmp_path, base)).source.audio is None
+    assert load_config(write(tmp_path, base + "  audio:\n")).source.audio is None  # an empty block: no audio
+    f = write(tmp_path, base + "  audio:\n    device: hw:1,0\n    channels: 6\n    codec: opus\n    rate: 1\n")
+    assert messages_of(f) == [
+        f"{f}: source.audio.channels: 6 is not one of 1, 2",
+        f"{f}: source.audio.codec: 'opus' is not one of aac",
+        f"{f}: source.audio.rate: unknown key, did you mean source.audio.bitrate?",
+        f"{f}: source.audio.device: 'hw:1,0': source.type testpattern brings its own sound; set it to auto",
+    ]
+    cam = "stream:\n  name: cam\nsource:\n  audio:\n    device: plughw:CARD=Device\n"
+    assert load_config(write(tmp_path, cam)).source.audio.device == "plughw:CARD=Device"
