@@ -179,3 +179,17 @@ def test_pipeline_degrades_to_video_only_and_back(tmp_path, caplog):
     assert tracks[:3] == [2, 1, 2], tracks
     assert p.counters.frames_dropped == 0 and p.fragmenter.stats.frames_written == p.counters.frames_in
     assert sum(1 for r in caplog.records if "gone" in r.message) == 1
+
+
+def test_audio_beside_a_camera_only(caplog):
+    from kvs_edge.sources import audio_beside
+
+    for kind in ("picamera", "v4l2"):
+        assert isinstance(audio_beside(SimpleNamespace(type=kind, audio=audio_cfg())), AlsaAudio)
+    for kind in ("file", "testpattern"):  # they bring their own sound
+        assert audio_beside(SimpleNamespace(type=kind, audio=audio_cfg(device="auto"))) is None
+    assert audio_beside(SimpleNamespace(type="picamera", audio=None)) is None
+    assert audio_beside(SimpleNamespace(type="rtsp", audio=audio_cfg(device="auto"))) is None
+    assert [r.message for r in caplog.records] == ["source.audio: the rtsp source does not carry audio yet; sending "
+                                                   "video only"]
+    assert AlsaAudio(audio_cfg(device="auto")).device == "default"
