@@ -748,7 +748,7 @@ def parse_config(data: Any, source_name: str, base_dir: str | None = None) -> Co
         values["aws"]["iot"] = _parse_section(aws_raw["iot"], "aws.iot", IotConfig, err)
 
     cameras = _parse_cameras(data.get(CAMERAS), values, err) if CAMERAS in data else None
-    _cross_checks(values, iot_given, err, cameras=cameras is not None)
+    _cross_checks(values, iot_given, err, cameras=CAMERAS in data)
     if base_dir is not None:
         _resolve_paths(values, base_dir)
         for cam in cameras or []:
@@ -821,8 +821,10 @@ def _parse_cameras(raw: Any, values: dict[str, dict[str, Any]], err: _Errors) ->
             else:
                 names[str(name)] = i
                 cam["name"] = str(name)
-        cam["stream"] = top_stream | _parse_section(entry.get("stream"), f"{at}.stream", StreamConfig, err,
-                                                    kind="stream")
+        own = _parse_section(entry.get("stream"), f"{at}.stream", StreamConfig, err, kind="stream")
+        cam["stream"] = top_stream | own
+        if "tags" in own and "tags" in top_stream:  # a camera's tags add to (or change) the fleet's
+            cam["stream"]["tags"] = tuple((dict(top_stream["tags"]) | dict(own["tags"])).items())
         if "name" not in cam["stream"] and not err.about(f"{at}.stream.name"):
             err(f"{at}.stream.name", "missing; each camera streams to its own Kinesis video stream "
                                      "(placeholders like {hostname}-{camera} make one file fit every device)")

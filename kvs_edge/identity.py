@@ -116,3 +116,56 @@ def sanitize_for_stream(value: str) -> str:
     """A value made fit for a KVS stream name: characters outside [a-zA-Z0-9_.-] become '-' (a host name may hold
     none of those, but a serial or a thing name could)."""
     return re.sub(r"[^a-zA-Z0-9_.-]", "-", value)
+
+
+def resolve_config(cfg, device: DeviceIdentity):
+    """The Config with every placeholder filled for this device: aws.iot.thing_name first, then each camera's
+    stream name and stream tag values ({camera} = the entry's name or index). Pure. IdentityError (one line, naming
+    the key) when a value is missing or a resolved stream name is not a valid one, or two cameras end up with one
+    stream."""
+    import dataclasses
+
+    from kvs_edge.config import _STREAM_NAME  # the one rule for a stream name
+
+    base = device.values()
+    aws = cfg.aws
+    thing = None
+    if aws.iot is not None:
+        try:
+            thing = fill(aws.iot.thing_name, base)
+        except IdentityError as e:
+            raise IdentityError(f"aws.iot.thing_name: {e}") from None
+        aws = dataclasses.replace(aws, iot=dataclasses.replace(aws.iot, thing_name=thing))
+    cameras = []
+    seen: dict[str, str] = {}
+    single = len(cfg.cameras) == 1 and cfg.cameras[0].name is None
+    for cam in cfg.cameras:
+        where = "stream" if single else f"cameras[{cam.index}].stream"
+        values = base | {"camera": cam.label, "thing_name": thing}
+        try:
+            name = fill(cam.stream.name, {k: None if v is None else sanitize_for_stream(v) for k, v in values.items()})
+        except IdentityError as e:
+            raise IdentityError(f"{where}.name: {e}") from None
+        if not _STREAM_NAME.match(name):
+            raise IdentityError(f"{where}.name: {name!r} is not a valid stream name (1 to 256 letters, digits, '.', "
+                                "'_' and '-')")
+        if name in seen:
+            raise IdentityError(f"{where}.name: {name!r} is also the stream of {seen[name]}; give each camera its own")
+        seen[name] = f"cameras[{cam.index}]"
+        tags = []
+        for key, value in cam.stream.tags:
+            try:
+                tags.append((key, fill(value, values)))
+            except IdentityError as e:
+                raise IdentityError(f"{where}.tags.{key}: {e}") from None
+        stream = dataclasses.replace(cam.stream, name=name, tags=tuple(tags))
+        cameras.append(dataclasses.replace(cam, stream=stream))
+    return dataclasses.replace(cfg, aws=aws, stream=cameras[0].stream, cameras=tuple(cameras))
+
+
+def resolved_names(cfg) -> list[str]:
+    """One line per camera, for check-config and the journal: "camera front: stream pi7-front"."""
+    lines = [f"camera {cam.label}: stream {cam.stream.name}" for cam in cfg.cameras]
+    if cfg.aws.iot is not None:
+        lines.append(f"IoT thing: {cfg.aws.iot.thing_name}")
+    return lines
