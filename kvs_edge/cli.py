@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("import-boot-config", help="apply kvs-edge.yaml from the boot partition (run by a oneshot unit)")
     s.add_argument("--boot", action="append", default=None, help="boot partition folder(s) to look in")
     s.add_argument("--target", default=DEFAULT_CONFIG)
+    s.add_argument("--iot-dir", default=None, help="where IoT credentials go (default: iot/ next to --target)")
     return p
 
 

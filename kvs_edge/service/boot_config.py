@@ -218,3 +218,8 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# Public names for the IoT credentials import (iot_provision.py), which wipes and syncs the same way.
+wipe_and_remove = _wipe_and_remove
+fsync_dir = _fsync_dir
