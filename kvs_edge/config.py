@@ -849,6 +849,11 @@ def _parse_cameras(raw: Any, values: dict[str, dict[str, Any]], err: _Errors) ->
                 except _Problem as p:
                     err(f"{at}.buffer.share", str(p.args[0]))
         out.append(cam)
+    regions = [c["stream"].get("region", StreamConfig.region) for c in out]
+    for i, region in enumerate(regions[1:], 1):  # one control-plane client (and one credentials provider) for all
+        if region != regions[0]:
+            err(f"{CAMERAS}[{i}].stream.region", f"{region} differs from cameras[0]'s {regions[0]}: the cameras of "
+                                                  "one device stream to one region (set stream.region once)")
     return out
 
 

@@ -16,6 +16,7 @@ from kvs_edge.camera_set import CameraSet, split_budget
 from kvs_edge.config import parse_config
 from kvs_edge.emulator import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY
 from kvs_edge.identity import read_identity, resolve_config
+from kvs_edge.service.status import assess, format_human
 from kvs_edge.supervisor import Supervisor, build_status
 from support.appliance import config_dict, wait_until
 from support.h264gen import make_h264
@@ -147,6 +148,11 @@ def test_rtsp_host_refusing_while_the_other_camera_streams_on(emulator, tmp_path
     assert (gate["name"], gate["stream"], gate["state"]) == ("gate", "gate", "reconnecting")
     assert "camera gate: the camera is unreachable; reconnecting" in reported["last_error"]
     assert reported["camera"]["state"] == "ok"  # the service stays ready while one camera is healthy
+    # `kvs-edge status` names it
+    healthy, reasons = assess(reported, reported["updated_at"])
+    assert not healthy and "camera gate (stream gate) reconnecting: the camera is unreachable; reconnecting" in reasons
+    assert re.search(r"^  camera gate: reconnecting, stream gate, 0 frames, ", format_human(reported, time.time()),
+                     re.M)
     assert re.search(r'^kvs_edge_camera_up\{camera="gate",stream="gate"\} 0\.0$', seen["metrics"], re.M)
     assert re.search(r'^kvs_edge_camera_up\{camera="yard",stream="yard"\} 1\.0$', seen["metrics"], re.M)
     yard_app, gate_app = (u.app for u in cams.units)

@@ -76,3 +76,33 @@ def test_relative_file_source_of_a_camera_is_taken_from_the_config_folder(tmp_pa
     path = tmp_path / "k.yaml"
     path.write_text("cameras:\n  - stream: {name: s}\n    source: {type: file, uri: clip.h264}\n")
     assert load_config(path).cameras[0].source.uri == str(tmp_path / "clip.h264")
+
+
+def test_check_config_names_the_camera_and_prints_the_names_filled_in(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("cameras:\n  - stream: {name: a}\n    source: {type: testpattern}\n"
+                   "  - stream: {name: b}\n    source: {type: rtsp}\n")
+    r = subprocess.run([sys.executable, "-m", "kvs_edge", "check-config", str(bad)], capture_output=True, text=True,
+                       cwd=repo, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.splitlines() == [f"{bad}: cameras[1].source.uri: required when cameras[1].source.type is rtsp "
+                                     "(like rtsp://192.168.1.20:554/stream1)"]
+    good = tmp_path / "good.yaml"
+    good.write_text("cameras:\n  - name: front\n    stream: {name: \"{camera}-cam\"}\n    source: {type: testpattern}\n"
+                    "  - stream: {name: back}\n    source: {type: testpattern}\n")
+    r = subprocess.run([sys.executable, "-m", "kvs_edge", "check-config", str(good)], capture_output=True, text=True,
+                       cwd=repo, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == [f"{good}: ok", "  camera front: stream front-cam", "  camera 1: stream back"]
+
+
+def test_cameras_share_one_region():
+    assert messages({"cameras": [{"stream": {"name": "a"}, "source": {"type": "testpattern"}},
+                                 {"stream": {"name": "b", "region": "eu-west-1"}, "source": {"type": "testpattern"}}]}) \
+        == ["f: cameras[1].stream.region: eu-west-1 differs from cameras[0]'s us-east-1: the cameras of one device "
+            "stream to one region (set stream.region once)"]
