@@ -24,9 +24,7 @@ def main(args) -> int:
     try:
         result = import_boot_config(boot_dirs, target)
     except OSError as exc:
-        where = f" {exc.filename}" if exc.filename else ""
-        print(f"cannot import the boot-partition configuration:{where}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return _io_failure("the boot-partition configuration", exc)
     stream = sys.stdout if result.outcome != "invalid" else sys.stderr
     print(result.summary(), file=stream)
     for w in result.warnings:
@@ -39,9 +37,13 @@ def main(args) -> int:
     try:
         iot = import_iot_credentials(boot_dirs, iot_dir)
     except OSError as exc:
-        where = f" {exc.filename}" if exc.filename else ""
-        print(f"cannot import the IoT credentials:{where}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return _io_failure("the IoT credentials", exc)
     if iot.outcome != "none":
         print(iot.summary(), file=sys.stdout if iot.outcome == "installed" else sys.stderr)
     return EXIT_USAGE if "invalid" in (result.outcome, iot.outcome) else EXIT_OK
+
+
+def _io_failure(what: str, exc: OSError) -> int:
+    where = f" {exc.filename}" if exc.filename else ""
+    print(f"cannot import {what}:{where}: {exc.strerror or exc}", file=sys.stderr)
+    return EXIT_FAILURE

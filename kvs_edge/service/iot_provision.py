@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import os
 import pwd
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kvs_edge.service.boot_config import fsync_dir, wipe_and_remove
+from kvs_edge.service.boot_config import fsync_dir, wipe_and_remove, write_atomically
 
 FOLDER = "kvs-edge-iot"
 TARGET_DIR = Path("/etc/kvs-edge/iot")
@@ -103,22 +102,6 @@ def classify(folder: Path) -> tuple[dict[str, Path], list[str]]:
     return found, problems
 
 
-def _install(data: bytes, dest: Path, uid: int, gid: int) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o600)
-            if uid >= 0:
-                os.fchown(f.fileno(), uid, gid)
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def import_iot_credentials(boot_dirs, target_dir: Path = TARGET_DIR, *, owner: str = SERVICE_USER) -> IotResult:
     """Move the IoT credentials from the boot partition into target_dir (see the module text). OSError on I/O."""
     folder = find_folder(boot_dirs)
@@ -142,7 +125,7 @@ def import_iot_credentials(boot_dirs, target_dir: Path = TARGET_DIR, *, owner: s
     installed = {}
     for role, src in found.items():
         dest = target_dir / ROLES[role][1]
-        _install(src.read_bytes(), dest, uid, gid)
+        write_atomically(dest, src.read_bytes(), 0o600, uid, gid)
         installed[role] = dest
     fsync_dir(target_dir)
     for src in found.values():
