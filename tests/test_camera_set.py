@@ -4,6 +4,7 @@ camera whose RTSP host refuses connections while the other streams on; the strea
 from __future__ import annotations
 
 import os
+import random
 import re
 import time
 import urllib.request
@@ -16,6 +17,7 @@ from kvs_edge.camera_set import CameraSet, split_budget
 from kvs_edge.config import parse_config
 from kvs_edge.emulator import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY
 from kvs_edge.identity import read_identity, resolve_config
+from kvs_edge.pipeline import PipelineFailure
 from kvs_edge.service.status import assess, format_human
 from kvs_edge.supervisor import Supervisor, build_status
 from support.appliance import config_dict, wait_until
@@ -160,3 +162,57 @@ def test_rtsp_host_refusing_while_the_other_camera_streams_on(emulator, tmp_path
     # the healthy camera streamed on without a gap (every frame it captured archived, fragments back to back)
     wait_until(lambda: sum(e.frames for e in emulator.archive("yard")) >= 1, 5, "yard's archive")
     assert_complete_and_ordered(emulator, "yard", yard_app.source.frames)
+
+
+@pytest.mark.timeout(180)
+def test_a_failing_camera_is_retried_with_backoff_while_the_other_streams(emulator, tmp_path):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"this is not a video " * 100)
+    emulator.create_stream("good")
+    emulator.create_stream("bad")
+    cfg = cameras_config(emulator, tmp_path / "buf", [
+        {"name": "good", "stream": {"name": "good"}, "source": TESTPATTERN},
+        {"name": "bad", "stream": {"name": "bad"}, "source": {"type": "file", "uri": str(broken)}},
+    ])
+    cams = CameraSet(cfg, rng=random.Random(1))
+    cams.start()
+    try:
+        def tick():
+            cams.process_events()
+            cams.check()  # never raises: one camera is healthy
+            return build_status(cams, started_at=0)
+
+        status = wait_until(lambda: (s := tick())["cameras"][1]["failures"] >= 2
+                            and s["cameras"][0]["fragments_persisted"] >= 2 and s, 90,
+                            "the broken camera to fail twice while the good one streams")
+    finally:
+        cams.stop()
+    good, bad = status["cameras"]
+    assert good["state"] == "ok" and status["camera"]["state"] == "ok"
+    assert bad["state"] in ("failed", "starting", "stalled") and bad["last_error"]
+    assert bad["failures"] >= 2 and cams.units[1].backoff.attempt == bad["failures"]  # one backoff draw each
+    assert good["frames"] > 0 and cams.units[0].failures == 0
+
+
+@pytest.mark.timeout(120)
+def test_every_camera_failed_for_the_stall_limit_fails_the_process(emulator, tmp_path):
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"this is not a video " * 100)
+    cfg = cameras_config(emulator, tmp_path / "buf", [
+        {"name": n, "stream": {"name": n}, "source": {"type": "file", "uri": str(broken)}} for n in ("a", "b")])
+    cams = CameraSet(cfg)
+    cams.start()
+    try:
+        def fails():
+            cams.process_events()
+            try:
+                cams.check()
+            except PipelineFailure as e:
+                return e
+            return None
+
+        failure = wait_until(fails, 60, "the set to give up")
+    finally:
+        cams.stop()
+    assert str(failure).startswith("every camera failed for 3 s (camera a (stream a): ")
+    assert failure.exit_code == 1
