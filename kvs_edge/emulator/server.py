@@ -22,9 +22,10 @@ from urllib.parse import unquote, urlsplit
 
 import h11
 
-from kvs_edge.emulator import control, sigv4
+from kvs_edge.emulator import control, read_http, sigv4, web
 from kvs_edge.emulator.faults import Faults
 from kvs_edge.emulator.ingest import Ack, Limits, PutMediaIngest, Store as StoreOut, ERROR
+from kvs_edge.emulator.playback import Playback
 from kvs_edge.emulator.store import ArchiveEntry, Store, StoreError, StreamStats
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class Emulator:
             self._ssl.load_cert_chain(tls_cert, tls_key)
         self.store = Store(self.data_dir, region)
         self.faults = Faults(on_offline=self._set_offline)
+        self.playback = Playback(self.store)  # HLS streaming sessions (web.py serves them)
         self._listener: socket.socket | None = None
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
@@ -231,6 +233,9 @@ class Emulator:
             self._drain(h, conn)
             _send_error(h, conn, status, etype, msg)
             return True
+        handled = web.dispatch(self, h, conn, method, target, path, headers)  # HLS, session URLs, the console
+        if handled is not None:
+            return handled
         if method == "GET" and path.startswith("/archive/"):
             self._drain(h, conn)
             try:
@@ -246,6 +251,8 @@ class Emulator:
         if body is None:
             _send_error(h, conn, 413, "InvalidArgumentException", "Request body too large.")
             return False
+        if method == "POST" and path in read_http.OPERATIONS:  # ListFragments, GetMedia, GetClip, GetImages, ...
+            return read_http.serve(self, h, conn, path, target, headers, body)
         if method != "POST" or path not in control.OPERATIONS:
             if path == "/" and method == "POST":
                 _send_error(h, conn, 400, "SerializationException",
