@@ -20,9 +20,11 @@ def remux_mp4(documents: Iterable[bytes]) -> bytes:
     """One MP4 file from standalone MKV documents (one or more fragments each, same tracks and codec private data).
 
     Packets are copied as they are (the codec private data becomes the MP4 sample description); timestamps are
-    rebased so the clip starts at 0."""
+    rebased so the clip starts at 0. A document whose timestamps go back (fragments listed by server time whose
+    producer times overlap) is moved to follow the previous one: every frame stays, in the order given."""
     out_buf = io.BytesIO()
     origin = None
+    last: dict[int, tuple[int, int]] = {}  # output stream index -> (last dts, last step), in the input time base
     try:
         with av.open(out_buf, "w", format="mp4") as out:
             streams: list | None = None
@@ -32,6 +34,7 @@ def remux_mp4(documents: Iterable[bytes]) -> bytes:
                     if streams is None:
                         streams = [out.add_stream_from_template(s) for s in ins]
                     by_index = {s.index: o for s, o in zip(ins, streams)}
+                    shift: dict[int, int] = {}  # this document's offset per input stream
                     for pkt in src.demux(ins):
                         if pkt.size == 0 or pkt.pts is None:
                             continue  # the demuxer's flush packets
@@ -43,9 +46,16 @@ def remux_mp4(documents: Iterable[bytes]) -> bytes:
                         tb = pkt.time_base
                         if origin is None:
                             origin = pkt.dts * tb
-                        shift = int(origin / tb)
-                        pkt.pts -= shift
-                        pkt.dts -= shift
+                        if pkt.stream.index not in shift:
+                            shift[pkt.stream.index] = int(origin / tb)
+                            prev = last.get(o.index)
+                            if prev is not None and pkt.dts - shift[pkt.stream.index] <= prev[0]:
+                                shift[pkt.stream.index] = pkt.dts - (prev[0] + prev[1])
+                        pkt.pts -= shift[pkt.stream.index]
+                        pkt.dts -= shift[pkt.stream.index]
+                        prev = last.get(o.index)
+                        step = pkt.dts - prev[0] if prev is not None and pkt.dts > prev[0] else (prev or (0, 1))[1]
+                        last[o.index] = (pkt.dts, step)
                         pkt.stream = o
                         out.mux(pkt)
             if streams is None:
