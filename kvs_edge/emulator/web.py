@@ -31,6 +31,7 @@ STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; ch
                 ".css": "text/css; charset=utf-8", ".txt": "text/plain; charset=utf-8"}
 STATIC_FILES = ("console.html", "console.js", "console.css", "hls.min.js", "hls.js.LICENSE.txt")
 CONSOLE_FRAGMENTS = 60  # fragments listed per stream in the console (newest first)
+CONSOLE_THUMBNAILS = 8
 
 
 def handles(method: str, path: str) -> bool:
@@ -145,4 +146,17 @@ def console_session(emu, name: str, now: float) -> str:
 
 
 def console_images(emu, name: str, now: float) -> list:
-    return []
+    """A thumbnail per fragment of the newest CONSOLE_THUMBNAILS, through GetImages (read_api.get_images, the same
+    code as the signed API): [{"TimeStamp": s, "ImageContent": base64 JPEG} | {"TimeStamp": s, "Error": ...}]."""
+    from kvs_edge.emulator import read_api
+
+    got = archive_reader.list_fragments(emu.store, name, selector_type=archive_reader.PRODUCER, dedupe=True)
+    got = got[-CONSOLE_THUMBNAILS:]
+    if not got:
+        return []
+    start, end = got[0].producer_ts_ms, got[-1].producer_ts_ms
+    step = max(read_api.IMAGES_MIN_INTERVAL_MS, (end - start) // max(1, len(got) - 1))
+    body = {"StreamName": name, "ImageSelectorType": archive_reader.PRODUCER, "Format": "JPEG",
+            "StartTimestamp": start / 1000, "EndTimestamp": end / 1000, "SamplingInterval": step,
+            "WidthPixels": 160, "MaxResults": CONSOLE_THUMBNAILS}
+    return read_api.get_images(emu.store, name, body).body["Images"]

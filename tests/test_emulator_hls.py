@@ -1,0 +1,362 @@
+"""HLS from the emulator, through botocore's unchanged `kinesis-video-archived-media` client on the endpoint that
+GetDataEndpoint returns for GET_HLS_STREAMING_SESSION_URL; playback checked by FFmpeg's own HLS demuxer (PyAV
+`av.open(playlist_url)`), never by kvs_edge's parsers."""
+
+from __future__ import annotations
+
+import io
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import av
+import botocore.session
+import pytest
+import requests
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from kvs_edge.emulator import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY, Emulator, hls
+from kvs_edge.emulator.store import StoreError
+from kvs_edge.media import ebml, mkv
+from kvs_edge.media.h264 import iter_avcc, nal_type, split_annexb
+from support.appliance import config_dict, wait_until, write_config
+from support.kvs_client import put_media_requests
+from support.sdk_data import sdk_file
+from test_read_api import FRAMES, client, data_client, upload
+
+ROOT = Path(__file__).resolve().parents[1]
+ALL_TIME = {"StartTimestamp": 1_000_000_000, "EndTimestamp": 4_000_000_000}
+
+
+def hls_client(emu: Emulator, stream: str = "cam"):
+    return data_client(emu, stream, "GET_HLS_STREAMING_SESSION_URL")
+
+
+def unvalidated_hls_client(emu: Emulator, stream: str = "cam"):
+    """The same client without botocore's own parameter checks, to see what the server refuses."""
+    endpoint = client(emu, "kinesisvideo").get_data_endpoint(
+        StreamName=stream, APIName="GET_HLS_STREAMING_SESSION_URL")["DataEndpoint"]
+    return botocore.session.get_session().create_client(
+        "kinesis-video-archived-media", region_name="us-east-1", endpoint_url=endpoint,
+        aws_access_key_id=DEFAULT_ACCESS_KEY_ID, aws_secret_access_key=DEFAULT_SECRET_ACCESS_KEY,
+        config=Config(parameter_validation=False, retries={"max_attempts": 1}))
+
+
+def session_url(emu: Emulator, stream: str = "cam", **kw) -> str:
+    return hls_client(emu, stream).get_hls_streaming_session_url(StreamName=stream, **kw)["HLSStreamingSessionURL"]
+
+
+def on_demand(emu: Emulator, stream: str = "cam", selector: str = "PRODUCER_TIMESTAMP", rng=None, **kw) -> str:
+    if rng is None:  # everything the stream holds (ranges are at most 24 h; SERVER_TIMESTAMP ends in the past)
+        first = min(e.producer_ts_ms if selector == "PRODUCER_TIMESTAMP" else e.server_ts_ms
+                    for e in emu.archive(stream)) / 1000
+        rng = {"StartTimestamp": first, "EndTimestamp": min(first + 86_000, time.time() - 0.001)}
+    return session_url(emu, stream, PlaybackMode="ON_DEMAND",
+                       HLSFragmentSelector={"FragmentSelectorType": selector, "TimestampRange": rng}, **kw)
+
+
+def media_playlist(url: str) -> str:
+    master = requests.get(url, timeout=30)
+    assert master.status_code == 200, master.text
+    assert master.headers["content-type"] == "application/vnd.apple.mpegurl"
+    media = [ln for ln in master.text.splitlines() if ln and not ln.startswith("#")]
+    assert len(media) == 1
+    r = requests.get(url.rsplit("/", 1)[0] + "/" + media[0], timeout=30)
+    assert r.status_code == 200, r.text
+    return r.text
+
+
+def segments(playlist: str) -> list[str]:
+    return [ln for ln in playlist.splitlines() if ln and not ln.startswith("#")]
+
+
+def demux_hls(url: str) -> tuple[list, list[int]]:
+    """FFmpeg's HLS demuxer on the session URL: (video packets' payloads, decoded frames' pts in ms)."""
+    payloads, pts = [], []
+    with av.open(url, timeout=30) as c:
+        s = c.streams.video[0]
+        for p in c.demux(s):
+            if not p.size:
+                continue
+            payloads.append(bytes(p))
+            for f in p.decode():
+                pts.append(int(f.pts * f.time_base * 1000))
+    return payloads, pts
+
+
+def archive_packets(emu: Emulator, stream: str = "cam") -> list[bytes]:
+    out = []
+    for f in emu.archive_files(stream):
+        with av.open(str(f)) as c:
+            out += [bytes(p) for p in c.demux(c.streams.video[0]) if p.size]
+    return out
+
+
+def slices_avcc(payload: bytes) -> list[bytes]:
+    return [n for n in iter_avcc(payload) if nal_type(n) in (1, 5)]
+
+
+def slices_annexb(payload: bytes) -> list[bytes]:
+    return [n for n in split_annexb(payload) if nal_type(n) in (1, 5)]
+
+
+def error_code(excinfo) -> str:
+    return excinfo.value.response["Error"]["Code"]
+
+
+@pytest.fixture(scope="module")
+def uploaded(tmp_path_factory):
+    """The SDK's in.h264 (180 frames, 30 fps) uploaded by `kvs-edge upload` in 1-s fragments."""
+    tmp = tmp_path_factory.mktemp("hls")
+    with Emulator(tmp / "data") as emu:
+        client(emu, "kinesisvideo").create_stream(StreamName="cam", DataRetentionInHours=24)
+        upload(emu, tmp, "cam")
+        yield emu
+
+
+# ------------------------------------------------------------------ FFmpeg's HLS demuxer plays every frame
+@pytest.mark.parametrize("container", ["FRAGMENTED_MP4", "MPEG_TS"])
+def test_hls_plays_every_frame_remuxed_not_reencoded(uploaded, container):
+    emu = uploaded
+    url = on_demand(emu, ContainerFormat=container)
+    assert url.startswith(emu.url + "/hls/v1/getHLSMasterPlaylist.m3u8?SessionToken=")
+    playlist = media_playlist(url)
+    assert len(segments(playlist)) == len(emu.archive("cam"))  # one media segment per KVS fragment
+    assert ("#EXT-X-MAP:" in playlist) == (container == "FRAGMENTED_MP4")
+    assert playlist.rstrip().endswith("#EXT-X-ENDLIST")
+
+    payloads, pts = demux_hls(url)
+    assert len(pts) == FRAMES
+    assert all(b > a for a, b in zip(pts, pts[1:])), "segments do not continue one timeline"
+    # frame i of in.h264 is stamped start + floor(i*1000/30): the HLS timeline keeps those spacings exactly
+    assert [b - a for a, b in zip(pts, pts[1:])] == [(i + 1) * 1000 // 30 - i * 1000 // 30 for i in range(FRAMES - 1)]
+    # packets copied, never re-encoded: the slices are the archived bytes (TS carries them as Annex B)
+    stored = [slices_avcc(p) for p in archive_packets(emu)]
+    got = [slices_avcc(p) if container == "FRAGMENTED_MP4" else slices_annexb(p) for p in payloads]
+    assert got == stored
+
+
+def test_fmp4_segments_are_init_plus_moof_mdat_with_continuing_tfdt(uploaded):
+    playlist_url = on_demand(uploaded)
+    base = playlist_url.rsplit("/", 1)[0] + "/"
+    playlist = media_playlist(playlist_url)
+    init_uri = next(ln.split('"')[1] for ln in playlist.splitlines() if ln.startswith("#EXT-X-MAP:"))
+    init = requests.get(base + init_uri, timeout=30)
+    assert init.headers["content-type"] == "video/mp4"
+    assert [t for t, _, _ in hls.top_level_boxes(init.content)] == ["ftyp", "moov"]
+    media = [requests.get(base + s, timeout=30).content for s in segments(playlist)]
+    for m in media:
+        assert [t for t, _, _ in hls.top_level_boxes(m)] == ["moof", "mdat"]
+    # each segment decodes after the init segment alone, starting where the fragment starts on the session timeline
+    entries = sorted(uploaded.archive("cam"), key=lambda e: e.producer_ts_ms)
+    for e, m in zip(entries, media):
+        with av.open(io.BytesIO(init.content + m)) as c:
+            first = next(c.decode(video=0))
+            assert round(first.pts * first.time_base * 1000) == e.first_frame_ms - entries[0].first_frame_ms
+
+
+def test_playlist_options(uploaded):
+    emu = uploaded
+    frags = sorted(data_client(emu, "cam", "LIST_FRAGMENTS").list_fragments(
+        StreamName="cam", FragmentSelector={"FragmentSelectorType": "PRODUCER_TIMESTAMP",
+                                            "TimestampRange": ALL_TIME})["Fragments"],
+        key=lambda f: f["ProducerTimestamp"])
+    n = len(frags)
+    # DisplayFragmentTimestamp ALWAYS: each segment's start on the selector's clock, as ListFragments reports it
+    pl = media_playlist(on_demand(emu, DisplayFragmentTimestamp="ALWAYS", DiscontinuityMode="ALWAYS"))
+    dates = [datetime.fromisoformat(ln.split(":", 1)[1].replace("Z", "+00:00")).timestamp()
+             for ln in pl.splitlines() if ln.startswith("#EXT-X-PROGRAM-DATE-TIME:")]
+    assert dates == pytest.approx([f["ProducerTimestamp"].timestamp() for f in frags], abs=0.0011)
+    assert pl.count("#EXT-X-DISCONTINUITY\n") == n - 1  # "between each fragment"
+    pl = media_playlist(on_demand(emu, DiscontinuityMode="NEVER"))
+    assert "#EXT-X-DISCONTINUITY" not in pl and "#EXT-X-PROGRAM-DATE-TIME" not in pl
+    # 1-s fragments cut by one producer clock: no gap over 50 ms, so no marker either
+    assert "#EXT-X-DISCONTINUITY\n" not in media_playlist(on_demand(emu, DiscontinuityMode="ON_DISCONTINUITY"))
+    # ON_DEMAND returns the oldest fragments up to MaxMediaPlaylistFragmentResults
+    pl = media_playlist(on_demand(emu, MaxMediaPlaylistFragmentResults=2))
+    assert [s.split("FragmentNumber=")[1].split("&")[0] for s in segments(pl)] == [f["FragmentNumber"]
+                                                                                  for f in frags[:2]]
+    # a range holding only the 3rd fragment on; by server timestamp too
+    start = frags[2]["ProducerTimestamp"].timestamp()
+    pl = media_playlist(on_demand(emu, rng={"StartTimestamp": start, "EndTimestamp": start + 3600}))
+    assert len(segments(pl)) == n - 2
+    assert len(segments(media_playlist(on_demand(emu, selector="SERVER_TIMESTAMP")))) == n
+
+
+def test_live_replay_adds_fragments_as_their_duration_elapses(uploaded):
+    emu = uploaded
+    url = session_url(emu, PlaybackMode="LIVE_REPLAY", HLSFragmentSelector={
+        "FragmentSelectorType": "PRODUCER_TIMESTAMP", "TimestampRange": {"StartTimestamp": time.time() - 3600}})
+    first = segments(media_playlist(url))
+    assert len(first) == 1
+    later = wait_until(lambda: (s := segments(media_playlist(url))) and len(s) >= 2 and s, 20,
+                       "the replay to add the next fragment")
+    assert later[0] == first[0]
+    # with an EndTimestamp the replay ends once every fragment of the range is listed
+    end = max(e.producer_ts_ms for e in emu.archive("cam")) / 1000
+    url = session_url(emu, PlaybackMode="LIVE_REPLAY", MaxMediaPlaylistFragmentResults=10, HLSFragmentSelector={
+        "FragmentSelectorType": "PRODUCER_TIMESTAMP", "TimestampRange": {"StartTimestamp": end - 3600,
+                                                                         "EndTimestamp": end}})
+    assert "#EXT-X-ENDLIST" not in media_playlist(url)
+    pl = wait_until(lambda: (p := media_playlist(url)) and "#EXT-X-ENDLIST" in p and p, 30, "the replay to end")
+    assert len(segments(pl)) == len(emu.archive("cam"))
+
+
+def test_request_errors_are_the_services(uploaded, tmp_path):
+    emu = uploaded
+    c = unvalidated_hls_client(emu)
+    sel = {"FragmentSelectorType": "SERVER_TIMESTAMP"}
+    cases = [
+        dict(PlaybackMode="ON_DEMAND", HLSFragmentSelector=sel),  # ON_DEMAND needs a range
+        dict(PlaybackMode="LIVE", HLSFragmentSelector={**sel, "TimestampRange": ALL_TIME}),  # LIVE must not have one
+        dict(PlaybackMode="LIVE_REPLAY"),  # needs a StartTimestamp
+        dict(PlaybackMode="ON_DEMAND", HLSFragmentSelector={**sel, "TimestampRange": {
+            "StartTimestamp": 1_700_000_000, "EndTimestamp": 1_700_000_000 + 25 * 3600}}),  # over 24 h
+        dict(Expires=299), dict(Expires=43_201), dict(MaxMediaPlaylistFragmentResults=5001),
+    ]
+    for kw in cases:
+        with pytest.raises(ClientError) as ei:
+            c.get_hls_streaming_session_url(StreamName="cam", **kw)
+        assert error_code(ei) == "InvalidArgumentException", kw
+    # LIVE on a stream with nothing in the last 30 s; ON_DEMAND over an empty range
+    client(emu, "kinesisvideo").create_stream(StreamName="empty", DataRetentionInHours=1)
+    with pytest.raises(ClientError) as ei:
+        c.get_hls_streaming_session_url(StreamName="empty", PlaybackMode="LIVE")
+    assert error_code(ei) == "ResourceNotFoundException"
+    with pytest.raises(ClientError) as ei:
+        on_demand(emu, rng={"StartTimestamp": 1_000_000_000, "EndTimestamp": 1_000_000_100})
+    assert error_code(ei) == "ResourceNotFoundException"
+    # no retention: NoDataRetentionException
+    client(emu, "kinesisvideo").create_stream(StreamName="no-retention", DataRetentionInHours=0)
+    with pytest.raises(ClientError) as ei:
+        c.get_hls_streaming_session_url(StreamName="no-retention", PlaybackMode="LIVE")
+    assert error_code(ei) == "NoDataRetentionException"
+    # a session URL is the only credential of the GETs; a wrong token is refused, the API call itself is signed
+    url = on_demand(emu)
+    assert requests.get(url.replace("SessionToken=", "SessionToken=x"), timeout=30).status_code == 404
+    r = requests.post(emu.url + "/getHLSStreamingSessionURL", json={"StreamName": "cam"}, timeout=30)
+    assert (r.status_code, r.headers["x-amzn-errortype"]) == (403, "MissingAuthenticationTokenException")
+
+
+def test_a_session_expires(uploaded):
+    emu = uploaded
+    now = time.time()
+    body = {"StreamName": "cam", "PlaybackMode": "ON_DEMAND", "Expires": 300, "HLSFragmentSelector": {
+        "FragmentSelectorType": "PRODUCER_TIMESTAMP", "TimestampRange": {"StartTimestamp": now - 3600, "EndTimestamp": now}}}
+    url = emu.playback.create_hls(body, emu.url, now)["HLSStreamingSessionURL"]
+    token = url.split("SessionToken=")[1]
+    assert emu.playback.hls_get(hls.MASTER, {"SessionToken": token}, now + 299)[0] == "application/vnd.apple.mpegurl"
+    with pytest.raises(StoreError) as ei:
+        emu.playback.hls_get(hls.MASTER, {"SessionToken": token}, now + 300)
+    assert ei.value.error_type == "NotAuthorizedException"
+
+
+# ------------------------------------------------------------------ the SDK's sessions: duplicates, no CodecPrivate
+def _without_codec_private(data: bytes) -> bytes:
+    """The SDK's session with its CodecPrivate element turned into a Void element of the same length."""
+    ev = next(e for e in ebml.iter_events(data) if type(e) is ebml.Leaf and e.id == mkv.CODEC_PRIVATE)
+    size_len = ev.header_size - 2  # CodecPrivate has a 2-byte ID, Void (0xEC) a 1-byte one: one byte more of size
+    void = b"\xec" + ebml.encode_size(len(ev.data), size_len + 1)
+    return data[:ev.offset] + void + data[ev.offset + ev.header_size:]
+
+
+def test_sdk_session_sent_twice_plays_each_frame_once_by_producer_timestamp(emulator):
+    emulator.create_stream("sdk")
+    data = sdk_file("ref.mkv").read_bytes()
+    for _ in range(2):
+        status, acks, _ = put_media_requests(emulator.url, "sdk", data)
+        assert status == 200 and [a for a in acks if a["EventType"] == "ERROR"] == []
+    assert sum(e.frames for e in emulator.archive("sdk")) == 2 * FRAMES  # both sessions stored
+    for container in ("FRAGMENTED_MP4", "MPEG_TS"):
+        url = on_demand(emulator, "sdk", ContainerFormat=container)
+        _, pts = demux_hls(url)
+        assert len(pts) == FRAMES and len(set(pts)) == FRAMES
+
+
+def test_sdk_session_without_codec_private_is_persisted_but_not_playable(emulator):
+    emulator.create_stream("nocpd")
+    data = _without_codec_private(sdk_file("ref.mkv").read_bytes())
+    status, acks, _ = put_media_requests(emulator.url, "nocpd", data)
+    assert status == 200 and any(a["EventType"] == "PERSISTED" for a in acks)
+    assert not any(a["EventType"] == "ERROR" for a in acks)
+    with pytest.raises(ClientError) as ei:
+        on_demand(emulator, "nocpd")
+    assert error_code(ei) == "MissingCodecPrivateDataException"
+
+
+# ------------------------------------------------------------------ LIVE while `kvs-edge run` streams
+@pytest.mark.timeout(180)
+def test_live_playlist_advances_while_run_streams(emulator, tmp_path):
+    emulator.create_stream("cam")
+    buf = tmp_path / "buf"
+    cfg = write_config(tmp_path / "c.yaml", config_dict(emulator, buf, fps=15, fragment_seconds=1))
+    proc = subprocess.Popen([sys.executable, "-m", "kvs_edge", "run", "--config", str(cfg)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: emulator.archive("cam"), 60, "the first fragment")
+        url = session_url(emulator, PlaybackMode="LIVE", DisplayFragmentTimestamp="ALWAYS",
+                          HLSFragmentSelector={"FragmentSelectorType": "PRODUCER_TIMESTAMP"})
+        base = url.rsplit("/", 1)[0] + "/"
+        media_url = base + segments(requests.get(url, timeout=30).text)[0]
+        seen: dict[str, tuple[float, float, float]] = {}  # segment -> (listed at, first frame, duration)
+        first_seq = None
+        deadline = time.monotonic() + 90
+        while len(seen) < 13 and time.monotonic() < deadline:  # bounded: at most 90 s of polling every 100 ms
+            text = requests.get(media_url, timeout=30).text
+            now = time.time()
+            lines = text.splitlines()
+            seq = int(next(ln for ln in lines if ln.startswith("#EXT-X-MEDIA-SEQUENCE:")).split(":")[1])
+            first_seq = seq if first_seq is None else first_seq
+            pdt = dur = None
+            for ln in lines:
+                if ln.startswith("#EXT-X-PROGRAM-DATE-TIME:"):
+                    pdt = datetime.fromisoformat(ln.split(":", 1)[1].replace("Z", "+00:00")).timestamp()
+                elif ln.startswith("#EXTINF:"):
+                    dur = float(ln[8:].rstrip(","))
+                elif ln and not ln.startswith("#") and ln not in seen:
+                    seen[ln] = (now, pdt, dur)
+            assert "#EXT-X-ENDLIST" not in text
+            time.sleep(0.1)
+        assert len(seen) >= 13, "the LIVE playlist stopped advancing"
+        assert seq > first_seq  # the window slid
+        assert len(segments(text)) <= 5  # MaxMediaPlaylistFragmentResults default for LIVE
+        # the newest segments play: FFmpeg's HLS demuxer on the live URL decodes frames
+        with av.open(url, timeout=30) as c:
+            frames = 0
+            for _ in c.decode(video=0):
+                frames += 1
+                if frames >= 15:
+                    break
+        assert frames >= 15
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    # latency from capture to "segment listed", for the segments that appeared after the first poll
+    fresh = list(seen.values())[5:]
+    first_frame = sorted(t - pdt for t, pdt, _ in fresh)
+    last_frame = sorted(t - pdt - d for t, pdt, d in fresh)
+    print(f"\nLIVE HLS latency over {len(fresh)} segments (1-s fragments, 15 fps, polled every 0.1 s): "
+          f"capture of the first frame -> listed: median {first_frame[len(fresh) // 2]:.2f} s, "
+          f"max {first_frame[-1]:.2f} s; end of the fragment (first frame + EXTINF) -> listed: median "
+          f"{last_frame[len(fresh) // 2]:.2f} s, max {last_frame[-1]:.2f} s")
+    assert all(v > 0 for v in first_frame)  # a segment is never listed before its frames exist
+
+
+# ------------------------------------------------------------------ pure core
+def test_parse_request_defaults_follow_the_service():
+    p = hls.parse_request({"StreamName": "s"}, 1e9)
+    assert (p.mode, p.container, p.selector, p.discontinuity, p.display_timestamp, p.max_results, p.expires_s) == (
+        "LIVE", "FRAGMENTED_MP4", "SERVER_TIMESTAMP", "ALWAYS", False, 5, 300)
+    p = hls.parse_request({"StreamName": "s", "PlaybackMode": "ON_DEMAND", "HLSFragmentSelector": {
+        "FragmentSelectorType": "PRODUCER_TIMESTAMP", "TimestampRange": {"StartTimestamp": 10, "EndTimestamp": 20}}},
+        1e9)
+    assert (p.discontinuity, p.max_results, p.start_ms, p.end_ms) == ("NEVER", 1000, 10_000, 20_000)
+    with pytest.raises(StoreError) as ei:  # SERVER_TIMESTAMP: "this value must be in the past"
+        hls.parse_request({"StreamName": "s", "PlaybackMode": "ON_DEMAND", "HLSFragmentSelector": {
+            "TimestampRange": {"StartTimestamp": 10, "EndTimestamp": 2e9}}}, 1e9)
+    assert ei.value.error_type == "InvalidArgumentException"
+
