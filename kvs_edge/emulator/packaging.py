@@ -18,6 +18,8 @@ from kvs_edge.media.h264 import H264Error, parse_avcc
 H264 = "V_MPEG4/ISO/AVC"
 H265 = "V_MPEGH/ISO/HEVC"
 AAC = "A_AAC"
+G711 = "A_MS/ACM"  # G.711 in an MS WAVEFORMATEX (the API reference's GetClip/GetHLSStreamingSessionURL pages)
+AUDIO_CODECS = (AAC, G711)
 VIDEO_CODECS = (H264, H265)
 MAX_HLS_CPD_CHANGES = 500  # "up to 500 codec private data changes per HLS session"
 
@@ -37,15 +39,16 @@ def check_tracks(tracks: list[Track]) -> None:
     by_number = {t.number: t for t in tracks}
     video = by_number.get(1)
     # "The codec ID of track 1 should be V_MPEG/ISO/AVC (for h.264) or V_MPEGH/ISO/HEVC (for H.265). Optionally, the
-    #  codec ID of track 2 should be A_AAC" -> UnsupportedStreamMediaTypeException
+    #  codec ID of track 2 should be A_AAC (for AAC) or A_MS/ACM (for G.711)." -> UnsupportedStreamMediaTypeException
     if video is None or video.codec_id not in VIDEO_CODECS:
         raise StoreError(400, "UnsupportedStreamMediaTypeException",
                          f"Track 1 has codec {video.codec_id if video else None!r}; playback needs H.264 "
                          f"({H264}) or H.265 ({H265}) on track 1.")
     for t in tracks:
-        if t.number != 1 and t.codec_id != AAC:
+        if t.number != 1 and t.codec_id not in AUDIO_CODECS:
             raise StoreError(400, "UnsupportedStreamMediaTypeException",
-                             f"Track {t.number} has codec {t.codec_id!r}; playback supports only {AAC} beside the video.")
+                             f"Track {t.number} has codec {t.codec_id!r}; playback supports only AAC ({AAC}) or "
+                             f"G.711 ({G711}) beside the video.")
     for t in tracks:
         # "No codec private data was found in at least one of tracks of the video stream."
         if not t.codec_private:
@@ -75,6 +78,10 @@ def codec_private_problem(t: Track) -> str | None:
         # "AudioSpecificConfig ... 2 or 5 bytes; LATM is refused" (video-playback-requirements.html)
         if len(cpd) not in (2, 5):
             return f"AAC AudioSpecificConfig of {len(cpd)} bytes (expected 2 or 5)"
+    elif t.codec_id == G711:
+        # WAVEFORMATEX: 18 bytes; format tag 6 (A-law) or 7 (mu-law)
+        if len(cpd) < 18 or int.from_bytes(cpd[:2], "little") not in (6, 7):
+            return "not a WAVEFORMATEX for G.711 (format tag 6 or 7)"
     return None
 
 
