@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# Debian tools some tests use (unit checks, shell lint); installed with apt when missing (CI runs as root).
-APT_TOOLS := shellcheck:shellcheck systemd-analyze:systemd
+# Debian tools some tests use (unit checks, shell lint, the console's real-browser test); installed with apt when missing
+# (CI runs as root).
+APT_TOOLS := shellcheck:shellcheck systemd-analyze:systemd chromium:chromium chromedriver:chromium-driver
 
 .PHONY: test demo venv tools bench image-test clean
 
