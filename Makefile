@@ -30,8 +30,9 @@ tools:
 test: $(STAMP) tools
 	$(PY) -m pytest -q
 
+# In a terminal it ends with the emulator's web console URL and streams live until Ctrl-C (--watch); elsewhere it exits.
 demo: $(STAMP)
-	$(VENV)/bin/kvs-edge demo
+	$(VENV)/bin/kvs-edge demo --watch
 
 # Benchmarks print tables with a reference measured in the same run; they are not part of `make test`.
 bench: $(STAMP)
