@@ -8,13 +8,12 @@ long is not documented), so a reader of an uploaded file gets the whole stream a
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 
 import h11
 
-from kvs_edge.emulator import read_api, sigv4
+from kvs_edge.emulator import read_api
 from kvs_edge.emulator.store import StoreError
 
 OPERATIONS = read_api.OPERATIONS
@@ -24,20 +23,11 @@ POLL_S = 0.5
 
 def serve(emu, h: h11.Connection, conn, path: str, target: str, headers: dict, body: bytes) -> bool:
     """Answer one read request on the emulator's connection. True: the connection may serve another request."""
-    from kvs_edge.emulator.server import SERVER_NAME, _send_error, _send_json  # the server imports this module
+    from kvs_edge.emulator.server import SERVER_NAME, _send_json  # the server imports this module
 
-    try:
-        emu._authenticate("POST", target, headers, body)
-    except sigv4.AuthError as e:
-        _send_error(h, conn, e.status, e.error_type, e.message)
-        return True
-    try:
-        reply = read_api.handle(emu.store, path, json.loads(body or b"{}"), now_ms=int(time.time() * 1000))
-    except json.JSONDecodeError:
-        _send_error(h, conn, 400, "SerializationException", "The request body is not valid JSON.")
-        return True
-    except StoreError as e:
-        _send_error(h, conn, e.status, e.error_type, e.message)
+    ok, reply = emu._signed_json(h, conn, "POST", target, headers, body,
+                                 lambda doc: read_api.handle(emu.store, path, doc, now_ms=int(time.time() * 1000)))
+    if not ok:
         return True
     if isinstance(reply, read_api.JsonReply):
         _send_json(h, conn, 200, reply.body)

@@ -261,22 +261,26 @@ class Emulator:
             else:
                 _send_error(h, conn, 404, "UnknownOperationException", f"Unknown operation {method} {path}")
             return True
+        ok, out = self._signed_json(h, conn, method, target, headers, body,
+                                    lambda doc: control.handle(self.store, path, doc, self.url))
+        if ok:
+            _send_json(h, conn, 200, out)
+        return True
+
+    def _signed_json(self, h: h11.Connection, conn: socket.socket, method: str, target: str, headers: dict,
+                     body: bytes, run) -> tuple[bool, object]:
+        """Check SigV4, parse the JSON body and return (True, run(doc)); on any failure the AWS error is sent and
+        (False, None) returned. Shared by the control plane and the read APIs."""
         try:
             self._authenticate(method, target, headers, body)
+            return True, run(json.loads(body or b"{}"))
         except sigv4.AuthError as e:
             _send_error(h, conn, e.status, e.error_type, e.message)
-            return True
-        try:
-            doc = json.loads(body or b"{}")
-            out = control.handle(self.store, path, doc, self.url)
         except json.JSONDecodeError:
             _send_error(h, conn, 400, "SerializationException", "The request body is not valid JSON.")
-            return True
         except StoreError as e:
             _send_error(h, conn, e.status, e.error_type, e.message)
-            return True
-        _send_json(h, conn, 200, out)
-        return True
+        return False, None
 
     def _authenticate(self, method: str, target: str, headers: dict, body: bytes) -> str:
         return sigv4.verify(method=method, target=target, headers=headers, body=body,
