@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime
+from xml.etree import ElementTree
 from pathlib import Path
 
 import av
@@ -255,6 +256,52 @@ def test_a_session_expires(uploaded):
     assert ei.value.error_type == "NotAuthorizedException"
 
 
+# ------------------------------------------------------------------ DASH: the same segments, one MPD
+MPD_NS = {"d": "urn:mpeg:dash:schema:mpd:2011"}
+
+
+def dash_url(emu: Emulator, stream: str = "cam", **kw) -> str:
+    c = data_client(emu, stream, "GET_DASH_STREAMING_SESSION_URL")
+    return c.get_dash_streaming_session_url(StreamName=stream, **kw)["DASHStreamingSessionURL"]
+
+
+def test_dash_manifest_and_segments_play_every_frame(uploaded):
+    """The MPD read by ElementTree, its init and media segments joined and decoded by FFmpeg's MP4 demuxer.
+    (FFmpeg's own DASH demuxer in PyAV 18.1's build refuses every MPD, even one its DASH muxer wrote, so it cannot
+    be the player here.)"""
+    emu = uploaded
+    frags = sorted(data_client(emu, "cam", "LIST_FRAGMENTS").list_fragments(
+        StreamName="cam", FragmentSelector={"FragmentSelectorType": "PRODUCER_TIMESTAMP",
+                                            "TimestampRange": ALL_TIME})["Fragments"],
+        key=lambda f: f["ProducerTimestamp"])
+    now = time.time()
+    url = dash_url(emu, PlaybackMode="ON_DEMAND", DisplayFragmentNumber="ALWAYS", DisplayFragmentTimestamp="ALWAYS",
+                   DASHFragmentSelector={"FragmentSelectorType": "PRODUCER_TIMESTAMP",
+                                         "TimestampRange": {"StartTimestamp": now - 3600, "EndTimestamp": now}})
+    assert url.startswith(emu.url + "/dash/v1/getDASHManifest.mpd?SessionToken=")
+    r = requests.get(url, timeout=30)
+    assert r.headers["content-type"] == "application/dash+xml"
+    mpd = ElementTree.fromstring(r.content)
+    assert mpd.get("type") == "static"
+    seglist = mpd.find("d:Period/d:AdaptationSet/d:Representation/d:SegmentList", MPD_NS)
+    timescale = int(seglist.get("timescale"))
+    s_elems = seglist.findall("d:SegmentTimeline/d:S", MPD_NS)
+    kvs = "{" + hls.KVS_XMLNS + "}"
+    # "the Kinesis Video Streams fragment number is added to each S element ... kvs:fn"; kvs:ts the timestamp
+    assert [s.get(kvs + "fn") for s in s_elems] == [f["FragmentNumber"] for f in frags]
+    assert [float(s.get(kvs + "ts")) for s in s_elems] == pytest.approx(
+        [f["ProducerTimestamp"].timestamp() for f in frags], abs=0.0011)
+    base = url.rsplit("/", 1)[0] + "/"
+    init = requests.get(base + seglist.find("d:Initialization", MPD_NS).get("sourceURL"), timeout=30).content
+    media = [requests.get(base + u.get("media"), timeout=30).content for u in seglist.findall("d:SegmentURL", MPD_NS)]
+    assert len(media) == len(s_elems) == len(frags)
+    with av.open(io.BytesIO(init + b"".join(media))) as c:
+        pts = [round(f.pts * f.time_base * 1000) for f in c.decode(video=0)]
+    assert len(pts) == FRAMES and all(b > a for a, b in zip(pts, pts[1:]))
+    starts = [int(s.get("t")) * 1000 // timescale for s in s_elems]
+    assert set(starts) <= set(pts)  # every S@t is where a segment's first frame plays
+
+
 # ------------------------------------------------------------------ the SDK's sessions: duplicates, no CodecPrivate
 def _without_codec_private(data: bytes) -> bytes:
     """The SDK's session with its CodecPrivate element turned into a Void element of the same length."""
@@ -336,6 +383,16 @@ def test_live_playlist_advances_while_run_streams(emulator, tmp_path):
                 if frames >= 15:
                     break
         assert frames >= 15
+        # a LIVE DASH session of the same stream: a dynamic MPD whose segment list moves on
+        durl = dash_url(emulator, PlaybackMode="LIVE")
+
+        def listed() -> list[str]:
+            mpd = ElementTree.fromstring(requests.get(durl, timeout=30).content)
+            assert mpd.get("type") == "dynamic"
+            return [u.get("media") for u in mpd.iter("{%s}SegmentURL" % MPD_NS["d"])]
+
+        first_list = listed()
+        wait_until(lambda: listed()[-1] != first_list[-1], 30, "the DASH manifest to list a new fragment")
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)

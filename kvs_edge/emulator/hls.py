@@ -44,6 +44,9 @@ MP4_INIT = "getMP4InitFragment.mp4"
 MP4_MEDIA = "getMP4MediaFragment.mp4"
 TS_MEDIA = "getTSFragment.ts"
 PATH_PREFIX = "/hls/v1/"
+DASH_MANIFEST = "getDASHManifest.mpd"
+DASH_PATH_PREFIX = "/dash/v1/"
+KVS_XMLNS = "https://kinesisvideo.amazonaws.com/dash"  # the service's namespace URI for kvs:fn/kvs:ts is not documented
 
 
 def _bad(message: str) -> StoreError:
@@ -70,6 +73,8 @@ class SessionParams:
     display_timestamp: bool
     max_results: int
     expires_s: int
+    protocol: str = "HLS"  # or "DASH" (GetDASHStreamingSessionURL: fMP4 only, one MPD instead of two playlists)
+    display_number: bool = False  # DASH DisplayFragmentNumber
 
 
 def _choice(body: dict, key: str, allowed: tuple, default: str) -> str:
@@ -79,6 +84,24 @@ def _choice(body: dict, key: str, allowed: tuple, default: str) -> str:
     if v not in allowed:
         raise _bad(f"{key} must be one of {', '.join(allowed)} (got {v!r}).")
     return v
+
+
+def parse_dash_request(body: dict, now: float) -> SessionParams:
+    """Validate a GetDASHStreamingSessionURL request body: the HLS rules with DASH's names (DASHFragmentSelector,
+    MaxManifestFragmentResults, DisplayFragmentNumber); always fragmented MP4, no discontinuity flags."""
+    for key in ("ContainerFormat", "DiscontinuityMode", "HLSFragmentSelector", "MaxMediaPlaylistFragmentResults"):
+        if key in body:
+            raise _bad(f"{key} is not a GetDASHStreamingSessionURL parameter.")
+    same = {k: v for k, v in body.items() if k not in ("DASHFragmentSelector", "MaxManifestFragmentResults",
+                                                        "DisplayFragmentNumber")}
+    if "DASHFragmentSelector" in body:
+        same["HLSFragmentSelector"] = body["DASHFragmentSelector"]
+    if "MaxManifestFragmentResults" in body:
+        same["MaxMediaPlaylistFragmentResults"] = body["MaxManifestFragmentResults"]
+    same["DiscontinuityMode"] = NEVER
+    p = parse_request(same, now)
+    number = _choice(body, "DisplayFragmentNumber", (ALWAYS, NEVER), NEVER) == ALWAYS
+    return SessionParams(**{**p.__dict__, "protocol": "DASH", "display_number": number})
 
 
 def parse_request(body: dict, now: float) -> SessionParams:
@@ -299,6 +322,67 @@ class HlsSession:
         if self.ended(now):
             lines.append("#EXT-X-ENDLIST")
         return "\n".join(lines) + "\n"
+
+
+    # ------------------------------------------------------------------ DASH
+    def dash_manifest(self, now: float, codecs: str, width: int | None, height: int | None, bandwidth: int) -> str:
+        """An MPD: one Period per run of fragments sharing codec private data, each a SegmentList (explicit URLs,
+        a SegmentTimeline on the session's 90 kHz timeline). ON_DEMAND is static; LIVE and LIVE_REPLAY are dynamic
+        (re-fetched every second)."""
+        p = self.params
+        seq, shown = self.window()
+        static = p.mode == ON_DEMAND or self.ended(now)
+        base = self.base_ms or 0
+        attrs = {"xmlns": "urn:mpeg:dash:schema:mpd:2011", "xmlns:kvs": KVS_XMLNS, "profiles": "urn:mpeg:dash:profile:isoff-live:2011",
+                 "minBufferTime": "PT2S"}
+        if static:
+            end = max((li.entry.first_frame_ms - base + fragment_duration_ms(li.entry) for li in shown), default=0)
+            attrs.update(type="static", mediaPresentationDuration=f"PT{end / 1000:.3f}S")
+        else:
+            depth = sum(fragment_duration_ms(li.entry) for li in shown)
+            attrs.update(type="dynamic", availabilityStartTime=iso8601_ms(base), publishTime=iso8601_ms(int(now * 1000)),
+                         minimumUpdatePeriod="PT1S", timeShiftBufferDepth=f"PT{max(depth, 1000) / 1000:.3f}S",
+                         suggestedPresentationDelay="PT2S")
+        out = ['<?xml version="1.0" encoding="UTF-8"?>',
+               "<MPD " + " ".join(f'{k}="{v}"' for k, v in attrs.items()) + ">"]
+        runs: list[list[_Listed]] = []
+        for li in shown:
+            if not runs or runs[-1][-1].init_key != li.init_key:
+                runs.append([])
+            runs[-1].append(li)
+        number = seq
+        for i, run in enumerate(runs):
+            start_ms = run[0].entry.first_frame_ms - base
+            out.append(f'<Period id="{number}" start="PT{start_ms / 1000:.3f}S">')
+            out.append('<AdaptationSet mimeType="video/mp4" segmentAlignment="true" startWithSAP="1">')
+            size = f' width="{width}" height="{height}"' if width and height else ""
+            out.append(f'<Representation id="1" codecs="{codecs}"{size} bandwidth="{max(1, bandwidth)}">')
+            offset = start_ms * TIMESCALE // 1000
+            out.append(f'<SegmentList timescale="{TIMESCALE}" presentationTimeOffset="{offset}" '
+                       f'startNumber="{number}">')
+            first = run[0].entry.fragment_number
+            out.append(f'<Initialization sourceURL="{_xml(MP4_INIT + self._q(FragmentNumber=first))}"/>')
+            out.append("<SegmentTimeline>")
+            for li in run:
+                t = (li.entry.first_frame_ms - base) * TIMESCALE // 1000
+                # "the Kinesis Video Streams fragment number is added to each S element in the manifest file with
+                #  the attribute name kvs:fn" / "the accurate fragment timestamp is added ... kvs:ts"
+                extra = f' kvs:fn="{li.entry.fragment_number}"' if p.display_number else ""
+                if p.display_timestamp:
+                    ms = selector_ms(li.entry, p.selector)
+                    extra += f' kvs:ts="{ms // 1000}.{ms % 1000:03d}"'
+                out.append(f'<S t="{t}" d="{fragment_duration_ms(li.entry) * TIMESCALE // 1000}"{extra}/>')
+            out.append("</SegmentTimeline>")
+            for li in run:
+                out.append(f'<SegmentURL media="{_xml(MP4_MEDIA + self._q(FragmentNumber=li.entry.fragment_number))}"/>')
+            out.append("</SegmentList></Representation></AdaptationSet></Period>")
+            number += len(run)
+        out.append("</MPD>")
+        return "\n".join(out) + "\n"
+
+
+def _xml(text: str) -> str:
+    return text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;")
 
 
 def iso8601_ms(ms: int) -> str:

@@ -24,6 +24,7 @@ from kvs_edge.emulator.store import ArchiveEntry, Store, StoreError
 M3U8 = "application/vnd.apple.mpegurl"
 MP4 = "video/mp4"
 MP2T = "video/MP2T"
+MPD = "application/dash+xml"
 _SEGMENT_CACHE = 48  # remuxed segments kept (a player asks each once; two players of one session share them)
 
 
@@ -38,7 +39,16 @@ class Playback:
 
     # ------------------------------------------------------------------ GetHLSStreamingSessionURL
     def create_hls(self, body: dict, data_endpoint: str, now: float) -> dict:
-        params = hls.parse_request(body, now)
+        token = self._create(hls.parse_request(body, now), now)
+        return {"HLSStreamingSessionURL": f"{data_endpoint}{hls.PATH_PREFIX}{hls.MASTER}?SessionToken={token}"}
+
+    def create_dash(self, body: dict, data_endpoint: str, now: float) -> dict:
+        """GetDASHStreamingSessionURL: the same sessions and fMP4 segments, described by one MPD."""
+        token = self._create(hls.parse_dash_request(body, now), now)
+        return {"DASHStreamingSessionURL": f"{data_endpoint}{hls.DASH_PATH_PREFIX}{hls.DASH_MANIFEST}"
+                                           f"?SessionToken={token}"}
+
+    def _create(self, params: hls.SessionParams, now: float) -> str:
         stream = self.store.describe(params.stream, params.arn)["StreamName"]
         packaging.check_stream(self.store, stream)
         token = secrets.token_urlsafe(48)
@@ -54,7 +64,7 @@ class Playback:
         with self._lock:
             self._drop_expired(now)
             self._sessions[token] = s
-        return {"HLSStreamingSessionURL": f"{data_endpoint}{hls.PATH_PREFIX}{hls.MASTER}?SessionToken={token}"}
+        return token
 
     def _refresh(self, s: hls.HlsSession, now: float, initial: bool = False) -> list[hls.Item]:
         """Add what the session may list now; the packaging checks run on every fragment before it is listed."""
@@ -120,22 +130,31 @@ class Playback:
         return s
 
     # ------------------------------------------------------------------ the player's GETs
-    def hls_get(self, action: str, query: dict, now: float) -> tuple[str, bytes]:
+    def _variant(self, s: hls.HlsSession) -> tuple[str, int | None, int | None, int]:
+        """(codecs, width, height, peak bits/s) of the session's media, for the master playlist or the MPD."""
+        tracks = self._tracks_of(s.stream, s.listed[0].entry)
+        video = next(t for t in tracks if t.number == 1)
+        codecs = hls.avc_codecs(video.codec_private) if video.codec_id == packaging.H264 else "hvc1"
+        if any(t.codec_id == packaging.AAC for t in tracks):
+            codecs += ",mp4a.40.2"
+        rate = max((e.size * 8000 // max(1, hls.fragment_duration_ms(e)) for e in (li.entry for li in s.listed)),
+                   default=1)
+        return codecs, video.width, video.height, rate
+
+    def hls_get(self, action: str, query: dict, now: float, protocol: str = "HLS") -> tuple[str, bytes]:
+        """One GET of a session's resource; `protocol` is the URL's (/hls/v1/ or /dash/v1/)."""
         s = self.session(query.get("SessionToken"), now)
-        if action == hls.MASTER:
-            first = s.listed[0].entry
-            tracks = self._tracks_of(s.stream, first)
-            video = next(t for t in tracks if t.number == 1)
-            codecs = hls.avc_codecs(video.codec_private) if video.codec_id == packaging.H264 else "hvc1"
-            if any(t.codec_id == packaging.AAC for t in tracks):
-                codecs += ",mp4a.40.2"
-            rate = max((e.size * 8000 // max(1, hls.fragment_duration_ms(e)) for e in (li.entry for li in s.listed)),
-                       default=1)
-            return M3U8, s.master_playlist(codecs, video.width, video.height, rate).encode()
-        if action == hls.MEDIA:
+        if s.params.protocol != protocol:
+            raise StoreError(404, "ResourceNotFoundException", f"This is not an {protocol} streaming session.")
+        if action == hls.MASTER and protocol == "HLS":
+            return M3U8, s.master_playlist(*self._variant(s)).encode()
+        if action in (hls.MEDIA, hls.DASH_MANIFEST) and action == (hls.MEDIA if protocol == "HLS" else
+                                                                    hls.DASH_MANIFEST):
             with self._refresh_lock:
                 if s.params.mode != hls.ON_DEMAND:
                     self._refresh(s, now)
+                if protocol == "DASH":
+                    return MPD, s.dash_manifest(now, *self._variant(s)).encode()
                 return M3U8, s.media_playlist(now).encode()
         number = query.get("FragmentNumber")
         if not number:

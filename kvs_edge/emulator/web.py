@@ -1,9 +1,10 @@
 """The emulator's playback and console routes: the one hook `dispatch()` that server.py calls for every request.
 
 Owns:
-  POST /getHLSStreamingSessionURL       SigV4-signed like every API call (botocore's kinesis-video-archived-media client)
-  GET  /hls/v1/<action>?SessionToken=   HLS master/media playlists, init and media segments (the token is the only
-                                        credential, as on the service)
+  POST /getHLSStreamingSessionURL,      SigV4-signed like every API call (botocore's kinesis-video-archived-media client)
+       /getDASHStreamingSessionURL
+  GET  /hls/v1/<action>?SessionToken=   HLS master/media playlists, init and media segments, and the DASH manifest
+  GET  /dash/v1/<action>?SessionToken=  with the same segments (the token is the only credential, as on the service)
   GET  /  and  GET /console/...         the web console for a local developer: stream state, a live player (hls.js,
                                         shipped in kvs_edge/emulator/static/), thumbnails, the fragment list. These
                                         routes are the emulator's own, unsigned and meant for localhost: the service
@@ -26,7 +27,7 @@ from kvs_edge.emulator.store import StoreError
 
 log = logging.getLogger(__name__)
 
-SESSION_URL_PATHS = ("/getHLSStreamingSessionURL",)
+SESSION_URL_PATHS = ("/getHLSStreamingSessionURL", "/getDASHStreamingSessionURL")
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                 ".css": "text/css; charset=utf-8", ".txt": "text/plain; charset=utf-8"}
 STATIC_FILES = ("console.html", "console.js", "console.css", "hls.min.js", "hls.js.LICENSE.txt")
@@ -36,7 +37,7 @@ CONSOLE_THUMBNAILS = 8
 
 def handles(method: str, path: str) -> bool:
     return ((method == "POST" and path in SESSION_URL_PATHS) or (method == "GET" and (
-        path == "/" or path.startswith(hls.PATH_PREFIX) or path.startswith("/console/"))))
+        path == "/" or path.startswith((hls.PATH_PREFIX, hls.DASH_PATH_PREFIX, "/console/")))))
 
 
 def dispatch(emu, h: h11.Connection, conn, method: str, target: str, path: str, headers: dict) -> bool | None:
@@ -59,13 +60,15 @@ def dispatch(emu, h: h11.Connection, conn, method: str, target: str, path: str, 
                 raise StoreError(400, "SerializationException", "The request body is not valid JSON.") from None
             if not isinstance(doc, dict):
                 raise StoreError(400, "SerializationException", "The request body must be a JSON object.")
-            _send_json(h, conn, 200, emu.playback.create_hls(doc, emu.url, now))
+            create = emu.playback.create_hls if path == "/getHLSStreamingSessionURL" else emu.playback.create_dash
+            _send_json(h, conn, 200, create(doc, emu.url, now))
             return True
         query = {k: v[0] for k, v in parse_qs(urlsplit(target).query).items()}
-        if path.startswith(hls.PATH_PREFIX):
-            ctype, data = emu.playback.hls_get(path[len(hls.PATH_PREFIX):], query, now)
-            send_bytes(h, conn, 200, ctype, data, cache="no-cache")
-            return True
+        for prefix, protocol in ((hls.PATH_PREFIX, "HLS"), (hls.DASH_PATH_PREFIX, "DASH")):
+            if path.startswith(prefix):
+                ctype, data = emu.playback.hls_get(path[len(prefix):], query, now, protocol)
+                send_bytes(h, conn, 200, ctype, data, cache="no-cache")
+                return True
         if path == "/" or path.startswith("/console/static/"):
             name = "console.html" if path == "/" else path[len("/console/static/"):]
             if name not in STATIC_FILES:
