@@ -420,4 +420,9 @@ def test_parse_request_defaults_follow_the_service():
         hls.parse_request({"StreamName": "s", "PlaybackMode": "ON_DEMAND", "HLSFragmentSelector": {
             "TimestampRange": {"StartTimestamp": 10, "EndTimestamp": 2e9}}}, 1e9)
     assert ei.value.error_type == "InvalidArgumentException"
-
+    # DASH: its own parameter names, fMP4 only
+    p = hls.parse_dash_request({"StreamName": "s", "DisplayFragmentNumber": "ALWAYS",
+                                "MaxManifestFragmentResults": 7}, 1e9)
+    assert (p.protocol, p.container, p.display_number, p.max_results) == ("DASH", "FRAGMENTED_MP4", True, 7)
+    with pytest.raises(StoreError):
+        hls.parse_dash_request({"StreamName": "s", "ContainerFormat": "MPEG_TS"}, 1e9)

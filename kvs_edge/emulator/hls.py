@@ -89,6 +89,8 @@ def _choice(body: dict, key: str, allowed: tuple, default: str) -> str:
 def parse_dash_request(body: dict, now: float) -> SessionParams:
     """Validate a GetDASHStreamingSessionURL request body: the HLS rules with DASH's names (DASHFragmentSelector,
     MaxManifestFragmentResults, DisplayFragmentNumber); always fragmented MP4, no discontinuity flags."""
+    if not isinstance(body, dict):
+        raise StoreError(400, "SerializationException", "The request body must be a JSON object.")
     for key in ("ContainerFormat", "DiscontinuityMode", "HLSFragmentSelector", "MaxMediaPlaylistFragmentResults"):
         if key in body:
             raise _bad(f"{key} is not a GetDASHStreamingSessionURL parameter.")
@@ -106,6 +108,8 @@ def parse_dash_request(body: dict, now: float) -> SessionParams:
 
 def parse_request(body: dict, now: float) -> SessionParams:
     """Validate a GetHLSStreamingSessionURL request body; InvalidArgumentException for what the service refuses."""
+    if not isinstance(body, dict):
+        raise StoreError(400, "SerializationException", "The request body must be a JSON object.")
     name, arn = body.get("StreamName"), body.get("StreamARN")
     if (name is None) == (arn is None):
         raise _bad("Specify exactly one of StreamName and StreamARN.")

@@ -14,7 +14,6 @@ Everything else returns None and server.py carries on.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from importlib import resources
@@ -22,7 +21,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import h11
 
-from kvs_edge.emulator import archive_reader, hls, sigv4
+from kvs_edge.emulator import archive_reader, hls
 from kvs_edge.emulator.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -52,16 +51,11 @@ def dispatch(emu, h: h11.Connection, conn, method: str, target: str, path: str, 
         return False
     now = time.time()
     try:
-        if method == "POST":
-            emu._authenticate(method, target, headers, body)
-            try:
-                doc = json.loads(body or b"{}")
-            except json.JSONDecodeError:
-                raise StoreError(400, "SerializationException", "The request body is not valid JSON.") from None
-            if not isinstance(doc, dict):
-                raise StoreError(400, "SerializationException", "The request body must be a JSON object.")
+        if method == "POST":  # SigV4 and the JSON body as for every API call
             create = emu.playback.create_hls if path == "/getHLSStreamingSessionURL" else emu.playback.create_dash
-            _send_json(h, conn, 200, create(doc, emu.url, now))
+            ok, out = emu._signed_json(h, conn, method, target, headers, body, lambda doc: create(doc, emu.url, now))
+            if ok:
+                _send_json(h, conn, 200, out)
             return True
         query = {k: v[0] for k, v in parse_qs(urlsplit(target).query).items()}
         for prefix, protocol in ((hls.PATH_PREFIX, "HLS"), (hls.DASH_PATH_PREFIX, "DASH")):
@@ -80,8 +74,6 @@ def dispatch(emu, h: h11.Connection, conn, method: str, target: str, path: str, 
             _send_json(h, conn, 200, console_api(emu, path[len("/console/api/"):], query, now))
             return True
         raise StoreError(404, "ResourceNotFoundException", f"Unknown console route {path}")
-    except sigv4.AuthError as e:
-        _send_error(h, conn, e.status, e.error_type, e.message)
     except StoreError as e:
         _send_error(h, conn, e.status, e.error_type, e.message)
     return True
