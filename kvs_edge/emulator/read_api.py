@@ -398,24 +398,24 @@ class GetMediaSession:
             raise _bad("StartSelectorType must be one of NOW, EARLIEST, FRAGMENT_NUMBER, SERVER_TIMESTAMP, "
                        "PRODUCER_TIMESTAMP, CONTINUATION_TOKEN.")
 
-    def poll(self) -> list[bytes]:
-        """The documents of every fragment persisted since the last poll (after the selector's position)."""
+    def poll(self) -> Iterator[bytes]:
+        """The documents of every fragment persisted since the last poll (after the selector's position), one at a
+        time (a reader of a long archive never holds more than one fragment)."""
         got = ar.entries(self.store, self.stream)
         self.known = len(got)
         latest = max((e.server_ts_ms for e in got), default=0)
-        out = []
         for e in got:
             if int(e.fragment_number) <= self.after:
                 continue
-            self.after = int(e.fragment_number)
-            out.append(ar.fragment_document(self.store, self.stream, e, tags_before=[
+            doc = ar.fragment_document(self.store, self.stream, e, tags_before=[
                 (TAG_FRAGMENT_NUMBER, e.fragment_number),
                 (TAG_SERVER_TIMESTAMP, ar.epoch_seconds(e.server_ts_ms)),
                 (TAG_PRODUCER_TIMESTAMP, ar.epoch_seconds(e.producer_ts_ms))], tags_after=[
                 (TAG_MILLIS_BEHIND_NOW, str(max(0, latest - e.server_ts_ms))),
-                (TAG_CONTINUATION_TOKEN, e.fragment_number)]))
-        self.sent += len(out)
-        return out
+                (TAG_CONTINUATION_TOKEN, e.fragment_number)])
+            self.after = int(e.fragment_number)
+            self.sent += 1
+            yield doc
 
     def wait(self, timeout_s: float) -> None:
         """Block until a fragment persists (or the timeout)."""

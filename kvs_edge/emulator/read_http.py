@@ -52,11 +52,11 @@ def serve(emu, h: h11.Connection, conn, path: str, target: str, headers: dict, b
 def _stream_live(emu, h: h11.Connection, conn, session: read_api.GetMediaSession) -> None:
     idle_since = time.monotonic()
     while emu._running:
-        docs = session.poll()
-        for d in docs:
+        sent = session.sent
+        for d in session.poll():
             conn.sendall(h.send(h11.Data(data=d)))
         now = time.monotonic()
-        if docs:
+        if session.sent > sent:
             idle_since = now
         elif emu.stats(session.stream).active == 0 and now - idle_since >= END_IDLE_S:
             return
