@@ -18,7 +18,7 @@ import pytest
 from botocore.config import Config
 
 from kvs_edge.emulator import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY, Emulator
-from support.appliance import config_dict, write_config
+from support.appliance import config_dict, wait_until, write_config
 from support.h264gen import read_kvs_mkv
 from support.kvs_client import PutMediaClient, split_at_clusters
 from support.sdk_data import sdk_file
@@ -207,27 +207,32 @@ def test_get_media_now_streams_fragments_live_as_they_persist(emulator):
     ref = sdk_file("ref.mkv").read_bytes()
     parts = split_at_clusters(ref)  # [header, cluster 1, cluster 2, ...]
     client(emulator, "kinesisvideo").create_stream(StreamName="live", DataRetentionInHours=1)
+    got = bytearray()
+
+    def documents_read() -> int:
+        return len(split_documents(bytes(got))) if got else 0
+
     with PutMediaClient(emulator.url, "live") as pm:
         assert pm.response() == 200
         pm.send(parts[0] + parts[1])
-        got: list[bytes] = []
-        media = data_client(emulator, "live", "GET_MEDIA")
-        r = media.get_media(StreamName="live", StartSelector={"StartSelectorType": "NOW"})
-        reader = threading.Thread(target=lambda: got.append(r["Payload"].read()), daemon=True)
+        r = data_client(emulator, "live", "GET_MEDIA").get_media(StreamName="live",
+                                                                 StartSelector={"StartSelectorType": "NOW"})
+        reader = threading.Thread(target=lambda: [got.extend(c) for c in r["Payload"].iter_chunks(4096)],
+                                  daemon=True)
         reader.start()
-        time.sleep(0.5)
-        for part in parts[2:]:  # fragment k completes when cluster k+1 starts
+        for k, part in enumerate(parts[2:], start=1):  # cluster k+1 completes fragment k
             pm.send(part)
-            pm.read_acks(5, until=lambda a: a["EventType"] == "PERSISTED")
+            pm.read_acks(10, until=lambda a: a["EventType"] == "PERSISTED")
+            wait_until(lambda: documents_read() >= k, 20, f"fragment {k} in the GetMedia body while streaming")
         pm.finish()
         pm.read_until_end(20)
     reader.join(30)
     assert not reader.is_alive(), "GetMedia did not end after the producer left"
-    docs = split_documents(got[0])
+    docs = split_documents(bytes(got))
     archive = emulator.archive("live")
-    # fragments 2..n persisted after the NOW request (the first was persisted before it, or while it started)
     nums = [doc_tags(d)[0]["AWS_KINESISVIDEO_FRAGMENT_NUMBER"] for d in docs]
-    assert nums == [e.fragment_number for e in archive][-len(nums):] and len(nums) >= len(archive) - 1
+    # every fragment persisted after the NOW request (the first completes when the second cluster starts)
+    assert nums == [e.fragment_number for e in archive] and len(nums) == len(parts) - 1
     assert all(len(decode_pts(d)) == 30 for d in docs)
 
 
