@@ -15,8 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
 
+from kvs_edge.emulator import web
 from support.appliance import config_dict, wait_until, write_config
+from support.kvs_client import put_media_requests
+from support.sdk_data import sdk_file
 
 ROOT = Path(__file__).resolve().parents[1]
 STATIC = ROOT / "kvs_edge" / "emulator" / "static"
@@ -32,6 +36,39 @@ def test_shipped_hls_js_is_the_npm_release_named_in_the_readme():
     assert "Apache License" in (STATIC / "hls.js.LICENSE.txt").read_text()
     html = (STATIC / "console.html").read_text()
     assert "//cdn" not in html and "https://" not in html  # no CDN: everything comes from the emulator
+
+
+def test_console_api_shows_state_and_error_acks(emulator):
+    """The JSON behind the page: what the emulator knows about each stream, ERROR ACKs with their ids."""
+    emulator.create_stream("cam")
+    emulator.faults.error_on_fragment(4000, nth=3)
+    data = sdk_file("ref.mkv").read_bytes()
+    status, acks, _ = put_media_requests(emulator.url, "cam", data)
+    errors = [a for a in acks if a["EventType"] == "ERROR"]
+    assert status == 200 and [a["ErrorId"] for a in errors] == [4000]
+    wait_until(lambda: emulator.stats("cam").active == 0, 10, "the PutMedia connection to close")
+    state = requests.get(emulator.url + "/console/api/streams", timeout=30).json()
+    entries = emulator.archive("cam")
+    assert state == [{
+        "StreamName": "cam", "Status": "ACTIVE", "DataRetentionInHours": 24, "Fragments": len(entries),
+        "Bytes": sum(e.size for e in entries), "LastFragmentAgeSeconds": state[0]["LastFragmentAgeSeconds"],
+        "ActiveConnections": 0, "ErrorAcks": [{"ErrorId": 4000, "FragmentTimecode": errors[0]["FragmentTimecode"]}],
+        "HttpErrors": []}]
+    assert 0 <= state[0]["LastFragmentAgeSeconds"] < 120
+    frags = requests.get(emulator.url + "/console/api/fragments?stream=cam", timeout=30).json()
+    assert [f["FragmentNumber"] for f in frags] == [e.fragment_number for e in reversed(entries)]
+    # fragments ingested within 30 s: the console's player gets a LIVE session (the newest 5)
+    url = requests.get(emulator.url + "/console/api/hls?stream=cam", timeout=30).json()["url"]
+    playlist = requests.get(url.replace("getHLSMasterPlaylist", "getHLSMediaPlaylist"), timeout=30).text
+    assert "#EXT-X-ENDLIST" not in playlist and playlist.count("getMP4MediaFragment") == min(5, len(entries))
+    # a minute later there is no LIVE data: the whole archive ON_DEMAND
+    url = web.console_session(emulator, "cam", time.time() + 60)
+    playlist = requests.get(url.replace("getHLSMasterPlaylist", "getHLSMediaPlaylist"), timeout=30).text
+    assert "#EXT-X-PLAYLIST-TYPE:VOD" in playlist and playlist.count("getMP4MediaFragment") == len(entries)
+    images = requests.get(emulator.url + "/console/api/images?stream=cam", timeout=30).json()
+    assert len(images) == len(entries) and all("ImageContent" in i for i in images)
+    missing = requests.get(emulator.url + "/console/api/fragments?stream=nope", timeout=30)
+    assert missing.status_code == 404 and missing.headers["x-amzn-errortype"] == "ResourceNotFoundException"
 
 
 @pytest.fixture
