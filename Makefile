@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(PY) bench/drain.py
 	$(PY) bench/pipeline.py
 	$(PY) bench/read_side.py
+	$(PY) bench/hls.py
 
 # Debian arm64 root file system under qemu-user-static, kvs-edge installed by the pi-gen stage's install path,
 # then checked inside it (see docs/image.md). Needs root; installs debootstrap/qemu-user-static/binfmt-support.
