@@ -190,3 +190,18 @@ def test_fragment_documents_open_alone_in_pyav(emulator):
     for e in archive_reader.entries(emulator.store, "docs"):
         with av.open(io.BytesIO(archive_reader.fragment_document(emulator.store, "docs", e))) as c:
             assert len([f for f in c.decode(video=0)]) == e.frames
+
+
+def test_index_lines_without_byte_ranges_are_located_in_the_session_file(emulator):
+    """A data directory written before the index recorded byte ranges still serves fragments alone."""
+    import json
+
+    client(emulator, "kinesisvideo").create_stream(StreamName="old", DataRetentionInHours=24)
+    assert accepted(send(emulator, "old", ref()))
+    recorded = archive_reader.entries(emulator.store, "old")
+    idx = emulator.store.get("old").path / "index.jsonl"
+    lines = [json.loads(x) for x in idx.read_text().splitlines()]
+    idx.write_text("".join(json.dumps({k: v for k, v in d.items() if k not in ("offset", "length", "header_size")})
+                           + "\n" for d in lines))
+    assert all(e.offset is None for e in emulator.archive("old"))
+    assert archive_reader.entries(emulator.store, "old") == recorded
