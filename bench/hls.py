@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -30,18 +29,9 @@ import av  # noqa: E402
 import requests  # noqa: E402
 
 import emulator as ingest_bench  # noqa: E402  (bench/emulator.py: the PutMedia body and its sender)
+from read_side import timed  # noqa: E402
 from kvs_edge.emulator import Emulator  # noqa: E402
 from kvs_edge.emulator.hls import _MP4_OPTIONS  # noqa: E402
-
-
-def timed(fn, before, repeat):
-    out, times = None, []
-    for _ in range(repeat):
-        before()
-        t0 = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t0)
-    return out, statistics.median(times)
 
 
 def main() -> int:
@@ -61,9 +51,6 @@ def main() -> int:
         t0, t1 = archive[0].producer_ts_ms / 1000, archive[-1].producer_ts_ms / 1000
         http = requests.Session()
 
-        def empty_cache():
-            emu.playback._segments.clear()  # every run remuxes every segment
-
         for container in ("FRAGMENTED_MP4", "MPEG_TS"):
             body = {"StreamName": "bench", "PlaybackMode": "ON_DEMAND", "ContainerFormat": container,
                     "HLSFragmentSelector": {"FragmentSelectorType": "PRODUCER_TIMESTAMP",
@@ -72,6 +59,7 @@ def main() -> int:
             base = url.rsplit("/", 1)[0] + "/"
 
             def play():
+                emu.playback._segments.clear()  # every run remuxes every segment
                 playlist = http.get(url.replace("getHLSMasterPlaylist", "getHLSMediaPlaylist"), timeout=60).text
                 uris = [ln.split('"')[1] for ln in playlist.splitlines() if ln.startswith("#EXT-X-MAP:")]
                 uris += [ln for ln in playlist.splitlines() if ln and not ln.startswith("#")]
@@ -82,12 +70,12 @@ def main() -> int:
                     got += len(r.content)
                 return len(uris), got
 
-            (n, out_bytes), s = timed(play, empty_cache, a.repeat)
+            (n, out_bytes), s = timed(play, a.repeat)
             rows.append((f"HLS {'fMP4' if container == 'FRAGMENTED_MP4' else 'TS'}",
                          f"{n} requests -> {out_bytes / 1e6:.1f} MB", size / s / 1e6, "MB/s"))
 
         disk = sum(f.stat().st_size for f in files)
-        _, s = timed(lambda: [f.read_bytes() for f in files], lambda: None, a.repeat)
+        _, s = timed(lambda: [f.read_bytes() for f in files], a.repeat)
         rows.append(("ref: file read", f"{len(files)} session file(s)", disk / s / 1e6, "MB/s"))
 
         def pyav_remux():
@@ -101,7 +89,7 @@ def main() -> int:
                     out.mux(pkt)
             return buf.getvalue()
 
-        _, s = timed(pyav_remux, lambda: None, a.repeat)
+        _, s = timed(pyav_remux, a.repeat)
         rows.append(("ref: PyAV remux", "the same session file -> fMP4", files[0].stat().st_size / s / 1e6, "MB/s"))
 
     print(f"\nemulator HLS on loopback, {a.mb:.0f} MB of {a.frame_kib}-KiB frames in 1-s fragments, median of "

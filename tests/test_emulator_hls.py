@@ -27,7 +27,8 @@ from kvs_edge.media.h264 import iter_avcc, nal_type, split_annexb
 from support.appliance import config_dict, wait_until, write_config
 from support.kvs_client import put_media_requests
 from support.sdk_data import sdk_file
-from test_read_api import FRAMES, client, data_client, upload
+from test_read_api import FRAMES, client, data_client
+from test_read_api import uploaded  # noqa: F401  (fixture: in.h264 by `kvs-edge upload`, 1-s fragments, own module copy)
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_TIME = {"StartTimestamp": 1_000_000_000, "EndTimestamp": 4_000_000_000}
@@ -107,16 +108,6 @@ def slices_annexb(payload: bytes) -> list[bytes]:
 
 def error_code(excinfo) -> str:
     return excinfo.value.response["Error"]["Code"]
-
-
-@pytest.fixture(scope="module")
-def uploaded(tmp_path_factory):
-    """The SDK's in.h264 (180 frames, 30 fps) uploaded by `kvs-edge upload` in 1-s fragments."""
-    tmp = tmp_path_factory.mktemp("hls")
-    with Emulator(tmp / "data") as emu:
-        client(emu, "kinesisvideo").create_stream(StreamName="cam", DataRetentionInHours=24)
-        upload(emu, tmp, "cam")
-        yield emu
 
 
 # ------------------------------------------------------------------ FFmpeg's HLS demuxer plays every frame

@@ -449,8 +449,9 @@ def remux(doc: bytes, container: str, base_ms: int) -> Remuxed:
         for p in packets:
             tb = p.time_base
             off = shift.setdefault(tb, (Fraction(base_ms, 1000) - lift) / tb)
+            dts = p.dts if p.dts is not None else p.pts
             p.pts = round(p.pts - off)
-            p.dts = round((p.dts if p.dts is not None else p.pts + off) - off)
+            p.dts = round(dts - off)
             p.stream = outs[p.stream.index]
             dst.mux(p)
             frames += outs[p.stream.index].type == "video"
