@@ -10,8 +10,8 @@ import subprocess
 import sys
 import time
 from datetime import datetime
-from xml.etree import ElementTree
 from pathlib import Path
+from xml.etree import ElementTree
 
 import av
 import botocore.session
@@ -22,13 +22,11 @@ from botocore.exceptions import ClientError
 
 from kvs_edge.emulator import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY, Emulator, hls
 from kvs_edge.emulator.store import StoreError
-from kvs_edge.media import ebml, mkv
 from kvs_edge.media.h264 import iter_avcc, nal_type, split_annexb
 from support.appliance import config_dict, wait_until, write_config
-from support.kvs_client import put_media_requests
-from support.sdk_data import sdk_file
 from test_read_api import FRAMES, client, data_client
 from test_read_api import uploaded  # noqa: F401  (fixture: in.h264 by `kvs-edge upload`, 1-s fragments, own module copy)
+from test_read_duplicates_packaging import accepted, ref, send, shifted, with_codec_private_byte, without_codec_private
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_TIME = {"StartTimestamp": 1_000_000_000, "EndTimestamp": 4_000_000_000}
@@ -294,24 +292,14 @@ def test_dash_manifest_and_segments_play_every_frame(uploaded):
 
 
 # ------------------------------------------------------------------ the SDK's sessions: duplicates, no CodecPrivate
-def _without_codec_private(data: bytes) -> bytes:
-    """The SDK's session with its CodecPrivate element turned into a Void element of the same length."""
-    ev = next(e for e in ebml.iter_events(data) if type(e) is ebml.Leaf and e.id == mkv.CODEC_PRIVATE)
-    size_len = ev.header_size - 2  # CodecPrivate has a 2-byte ID, Void (0xEC) a 1-byte one: one byte more of size
-    void = b"\xec" + ebml.encode_size(len(ev.data), size_len + 1)
-    return data[:ev.offset] + void + data[ev.offset + ev.header_size:]
-
-
 def test_sdk_session_sent_twice_plays_each_frame_once_by_producer_timestamp(emulator):
     emulator.create_stream("sdk")
-    data = sdk_file("ref.mkv").read_bytes()
     for _ in range(2):
         # the service accepts a second session over stored timestamps (4004 applies within one session); until
         # issue 11's ingest rule (branch h11a) is merged this build still applies it across sessions, so forget the
         # first session's end as that rule does (test_read_duplicates_packaging.py checks the ingest rule itself)
         emulator.store.get("sdk").cursor.last_frame_ms = None
-        status, acks, _ = put_media_requests(emulator.url, "sdk", data)
-        assert status == 200 and [a for a in acks if a["EventType"] == "ERROR"] == []
+        assert accepted(send(emulator, "sdk", ref()))
     assert sum(e.frames for e in emulator.archive("sdk")) == 2 * FRAMES  # both sessions stored
     for container in ("FRAGMENTED_MP4", "MPEG_TS"):
         url = on_demand(emulator, "sdk", ContainerFormat=container)
@@ -321,13 +309,39 @@ def test_sdk_session_sent_twice_plays_each_frame_once_by_producer_timestamp(emul
 
 def test_sdk_session_without_codec_private_is_persisted_but_not_playable(emulator):
     emulator.create_stream("nocpd")
-    data = _without_codec_private(sdk_file("ref.mkv").read_bytes())
-    status, acks, _ = put_media_requests(emulator.url, "nocpd", data)
-    assert status == 200 and any(a["EventType"] == "PERSISTED" for a in acks)
-    assert not any(a["EventType"] == "ERROR" for a in acks)
+    acks = send(emulator, "nocpd", without_codec_private(ref()))
+    assert accepted(acks)  # PERSISTED, no ERROR: ingest does not look at codec private data
     with pytest.raises(ClientError) as ei:
         on_demand(emulator, "nocpd")
     assert error_code(ei) == "MissingCodecPrivateDataException"
+
+
+def test_codec_private_change_gets_a_new_init_segment(emulator):
+    """Two sessions with different (valid) avcC in one HLS session: a second EXT-X-MAP after a discontinuity, and
+    FFmpeg plays both (the service allows up to 500 such changes per HLS session)."""
+    emulator.create_stream("cpd")
+    assert accepted(send(emulator, "cpd", ref()))
+    emulator.store.get("cpd").cursor.last_frame_ms = None  # issue 11's ingest rule (see above)
+    assert accepted(send(emulator, "cpd", with_codec_private_byte(shifted(ref(), 10_000), 2, 0x40)))
+    url = on_demand(emulator, "cpd")
+    playlist = media_playlist(url)
+    maps = [ln for ln in playlist.splitlines() if ln.startswith("#EXT-X-MAP:")]
+    assert len(maps) == 2 and maps[0] != maps[1]
+    assert playlist.count("#EXT-X-DISCONTINUITY\n") == 1  # DiscontinuityMode NEVER (producer) + the CPD change
+    _, pts = demux_hls(url)
+    assert len(pts) == 2 * FRAMES
+
+
+def test_hls_refuses_what_the_service_refuses_at_playback(emulator):
+    for name, data, error in (
+            ("badcpd", with_codec_private_byte(ref(), 0, 7), "InvalidCodecPrivateDataException"),  # avcC version 7
+            ("mpeg4", ref().replace(b"V_MPEG4/ISO/AVC", b"V_MPEG4/ISO/ASP", 1), "UnsupportedStreamMediaTypeException")):
+        emulator.create_stream(name)
+        assert accepted(send(emulator, name, data))  # ingest does not check
+        for container in ("FRAGMENTED_MP4", "MPEG_TS"):
+            with pytest.raises(ClientError) as ei:
+                on_demand(emulator, name, ContainerFormat=container)
+            assert error_code(ei) == error
 
 
 # ------------------------------------------------------------------ LIVE while `kvs-edge run` streams
