@@ -20,7 +20,7 @@ import requests
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from kvs_edge.emulator import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY, Emulator, hls
+from kvs_edge.emulator import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY, Emulator, hls, packaging
 from kvs_edge.emulator.store import StoreError
 from kvs_edge.media.h264 import iter_avcc, nal_type, split_annexb
 from support.appliance import config_dict, wait_until, write_config
@@ -330,6 +330,27 @@ def test_codec_private_change_gets_a_new_init_segment(emulator):
     assert playlist.count("#EXT-X-DISCONTINUITY\n") == 1  # DiscontinuityMode NEVER (producer) + the CPD change
     _, pts = demux_hls(url)
     assert len(pts) == 2 * FRAMES
+
+
+def test_codec_private_changes_are_counted_over_a_live_session(emulator, monkeypatch):
+    """"Up to 500 CPD changes per HLS session": counted over the whole session, across playlist refreshes (here with
+    the limit lowered to 1: A -> B is allowed, B -> A then is the second change)."""
+    monkeypatch.setattr(packaging, "MAX_HLS_CPD_CHANGES", 1)
+    emulator.create_stream("cpd")
+    sessions = [ref(), with_codec_private_byte(shifted(ref(), 10_000), 2, 0x40), shifted(ref(), 20_000)]
+    assert accepted(send(emulator, "cpd", sessions[0]))
+    url = session_url(emulator, "cpd", PlaybackMode="LIVE",
+                      HLSFragmentSelector={"FragmentSelectorType": "PRODUCER_TIMESTAMP"})
+    media = url.replace("getHLSMasterPlaylist", "getHLSMediaPlaylist")
+    for i, data in enumerate(sessions[1:], 1):
+        emulator.store.get("cpd").cursor.last_frame_ms = None  # issue 11's ingest rule (see above)
+        assert accepted(send(emulator, "cpd", data))
+        r = requests.get(media, timeout=30)
+        if i == 1:
+            # the window (5) holds the new session only; the change slid out with a discontinuity
+            assert r.status_code == 200 and "#EXT-X-DISCONTINUITY-SEQUENCE:1\n" in r.text
+        else:
+            assert (r.status_code, r.headers["x-amzn-errortype"]) == (400, "InvalidCodecPrivateDataException")
 
 
 def test_hls_refuses_what_the_service_refuses_at_playback(emulator):

@@ -87,8 +87,8 @@ class Playback:
             raise StoreError(400, "UnsupportedStreamMediaTypeException",
                              "ContainerFormat MPEG_TS does not carry H.265: use FRAGMENTED_MP4.")
         items = [hls.Item(e, self._init_key(s.stream, e)) for e in picked]
-        changes = sum(1 for a, b in zip([li.init_key for li in s.listed[-1:]] + [i.init_key for i in items], items)
-                      if a != b.init_key)
+        keys = [li.init_key for li in s.listed[-1:]] + [i.init_key for i in items]
+        changes = sum(1 for a, b in zip(keys, keys[1:]) if a != b)
         if s.cpd_changes + changes > packaging.MAX_HLS_CPD_CHANGES:
             raise StoreError(400, "InvalidCodecPrivateDataException",
                              f"The codec private data of track 1 changed more than {packaging.MAX_HLS_CPD_CHANGES} "
