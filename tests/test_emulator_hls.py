@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from datetime import datetime
+from fractions import Fraction
 from pathlib import Path
 from xml.etree import ElementTree
 
@@ -24,6 +25,8 @@ from kvs_edge.emulator import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY, 
 from kvs_edge.emulator.store import StoreError
 from kvs_edge.media.h264 import iter_avcc, nal_type, split_annexb
 from support.appliance import config_dict, wait_until, write_config
+from support.kvs_client import put_media_requests
+from support.sdk_data import sdk_file
 from test_read_api import FRAMES, client, data_client
 from test_read_api import uploaded  # noqa: F401  (fixture: in.h264 by `kvs-edge upload`, 1-s fragments, own module copy)
 from test_read_duplicates_packaging import accepted, ref, send, shifted, with_codec_private_byte, without_codec_private
@@ -363,6 +366,57 @@ def test_hls_refuses_what_the_service_refuses_at_playback(emulator):
             with pytest.raises(ClientError) as ei:
                 on_demand(emulator, name, ContainerFormat=container)
             assert error_code(ei) == error
+
+
+def _mkv_with_aac(path: Path) -> bytes:
+    """The SDK's H.264 with a 48 kHz AAC track (a 440 Hz tone), muxed by FFmpeg's Matroska muxer (1-s clusters):
+    another producer than kvs-edge, with the optional track 2 the service plays."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    with av.open(str(sdk_file("ref.mkv"))) as src, av.open(buf, "w", format="matroska",
+                                                            options={"cluster_time_limit": "1000", "live": "1"}) as out:
+        vs = src.streams.video[0]
+        ov = out.add_stream_from_template(vs)
+        oa = out.add_stream("aac", rate=48000, layout="mono")
+        packets = []
+        for i in range(0, 48000 * 6, 1024):
+            tone = (np.sin(np.arange(i, i + 1024) * 2 * np.pi * 440 / 48000) * 0.3).astype(np.float32)
+            frame = av.AudioFrame.from_ndarray(tone.reshape(1, -1), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = 48000, i, Fraction(1, 48000)
+            packets += oa.encode(frame)
+        packets += oa.encode(None)
+        video = [p for p in src.demux(vs) if p.size]
+        v0 = video[0].pts
+        for p in video:
+            p.pts -= v0
+            p.dts -= v0
+            p.stream = ov
+        for p in sorted(video + packets, key=lambda p: float(p.pts * p.time_base)):
+            out.mux(p)
+    path.write_bytes(buf.getvalue())
+    return buf.getvalue()
+
+
+def test_h264_with_aac_plays_both_tracks_in_both_containers(emulator, tmp_path):
+    emulator.create_stream("av")
+    data = _mkv_with_aac(tmp_path / "av.mkv")
+    status, acks, _ = put_media_requests(emulator.url, "av", data, timecode_type="RELATIVE",
+                                         producer_start=time.time() - 60)
+    assert status == 200 and accepted(acks)
+    with av.open(str(tmp_path / "av.mkv")) as c:
+        avcc = c.streams.video[0].codec_context.extradata  # RFC 6381: avc1.<profile><compat><level> in hex
+        aac = [bytes(p) for p in c.demux(c.streams.audio[0]) if p.size]
+    for container in ("FRAGMENTED_MP4", "MPEG_TS"):
+        url = on_demand(emulator, "av", ContainerFormat=container)
+        assert f'CODECS="avc1.{avcc[1:4].hex()},mp4a.40.2"' in requests.get(url, timeout=30).text
+        with av.open(url, timeout=30) as c:
+            assert sorted(s.type for s in c.streams) == ["audio", "video"]
+            got = [bytes(p) for p in c.demux(c.streams.audio[0]) if p.size]
+        with av.open(url, timeout=30) as c:
+            assert sum(1 for _ in c.decode(video=0)) == FRAMES
+        # the AAC packets copied (TS carries each behind a 7-byte ADTS header)
+        assert [g[7:] if container == "MPEG_TS" else g for g in got] == aac
 
 
 # ------------------------------------------------------------------ LIVE while `kvs-edge run` streams
