@@ -74,3 +74,12 @@ def test_demo_watch_in_a_terminal_serves_the_console_live_until_ctrl_c(tmp_path)
         assert term.proc.wait(30) == 0
     finally:
         term.close()
+
+
+@pytest.mark.timeout(120)
+def test_demo_watch_without_a_terminal_exits_as_before(tmp_path):
+    """CI and pipes: `make demo` (--watch) ends after the check, as the demo always did."""
+    r = subprocess.run([sys.executable, "-m", "kvs_edge", "demo", "--watch", "--seconds", "3", "--data-dir",
+                        str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=110)
+    assert r.returncode == 0, r.stderr
+    assert "frames captured" in r.stdout and "Ctrl-C" not in r.stdout and "web console" not in r.stdout
