@@ -15,6 +15,7 @@ builds and sends the body), then read back, each row the median of --repeat runs
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import statistics
@@ -54,19 +55,51 @@ def timed(fn, repeat):
     return out, statistics.median(times)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def bench_args(doc: str) -> argparse.Namespace:
+    """--mb, --frame-kib, --repeat: the options the read-side benchmarks share."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--mb", type=float, default=60.0)
     ap.add_argument("--frame-kib", type=int, default=50)
     ap.add_argument("--repeat", type=int, default=3)
-    a = ap.parse_args()
-    rows = []
+    return ap.parse_args()
+
+
+@contextlib.contextmanager
+def filled_stream(mb: float, frame_kib: int):
+    """An emulator in this process whose stream "bench" holds `mb` MB of 1-s fragments: (emu, archive, files)."""
     with tempfile.TemporaryDirectory() as d, Emulator(d) as emu:
         emu.create_stream("bench", retention_hours=24)
-        res, _ = ingest_bench.run(emu, "bench", int(a.mb * 1e6), a.frame_kib * 1024)
+        res, _ = ingest_bench.run(emu, "bench", int(mb * 1e6), frame_kib * 1024)
         assert res["status"] == 200 and res["errors"] == 0, res
-        archive = emu.archive("bench")
-        files = emu.archive_files("bench")
+        yield emu, emu.archive("bench"), emu.archive_files("bench")
+
+
+def reference_rows(files: list[Path], repeat: int, mp4_options: dict | None = None, what: str = "MP4") -> list:
+    """The references: the session files read from disk, and PyAV remuxing the first one to MP4 in memory."""
+    size = sum(f.stat().st_size for f in files)
+    _, s = timed(lambda: [f.read_bytes() for f in files], repeat)
+    rows = [("ref: file read", f"{len(files)} session file(s)", size / s / 1e6, "MB/s")]
+
+    def pyav_remux():
+        buf = io.BytesIO()
+        with av.open(str(files[0])) as src, av.open(buf, "w", format="mp4", options=mp4_options or {}) as out:
+            o = out.add_stream_from_template(src.streams.video[0])
+            for pkt in src.demux(src.streams.video[0]):
+                if pkt.dts is None:
+                    continue
+                pkt.stream = o
+                out.mux(pkt)
+        return buf.getvalue()
+
+    _, s = timed(pyav_remux, repeat)
+    rows.append(("ref: PyAV remux", f"the same session file -> {what}", files[0].stat().st_size / s / 1e6, "MB/s"))
+    return rows
+
+
+def main() -> int:
+    a = bench_args(__doc__)
+    rows = []
+    with filled_stream(a.mb, a.frame_kib) as (emu, archive, files):
         t0, t1 = archive[0].producer_ts_ms / 1000, archive[-1].producer_ts_ms / 1000
 
         gm = media_client(emu, "kinesis-video-media")
@@ -92,23 +125,7 @@ def main() -> int:
         rows.append(("GetClip", f"{min(200, len(archive))} fragments -> {len(mp4) / 1e6:.1f} MB MP4",
                      clip_in / s / 1e6, "MB/s"))
 
-        size = sum(f.stat().st_size for f in files)
-        _, s = timed(lambda: [f.read_bytes() for f in files], a.repeat)
-        rows.append(("ref: file read", f"{len(files)} session file(s)", size / s / 1e6, "MB/s"))
-
-        def pyav_remux():
-            buf = io.BytesIO()
-            with av.open(str(files[0])) as src, av.open(buf, "w", format="mp4") as out:
-                o = out.add_stream_from_template(src.streams.video[0])
-                for pkt in src.demux(src.streams.video[0]):
-                    if pkt.dts is None:
-                        continue
-                    pkt.stream = o
-                    out.mux(pkt)
-            return buf.getvalue()
-
-        _, s = timed(pyav_remux, a.repeat)
-        rows.append(("ref: PyAV remux", "the same session file -> MP4", files[0].stat().st_size / s / 1e6, "MB/s"))
+        rows += reference_rows(files, a.repeat)
 
         emu.create_stream("sdk", retention_hours=24)
         import requests
@@ -147,12 +164,18 @@ def main() -> int:
         _, s = timed(pyav_images, a.repeat)
         rows.append(("ref: PyAV decode+JPEG", "the same 30 frames, directly", s / 30 * 1000, "ms/image"))
 
-    print(f"\nemulator read side on loopback, {a.mb:.0f} MB of {a.frame_kib}-KiB frames, median of {a.repeat} "
-          f"(Python {sys.version.split()[0]}, {os.cpu_count()} CPUs)")
-    print(f"{'what':<30} {'size':<34} {'figure':>10}")
-    for what, size, fig, unit in rows:
-        print(f"{what:<30} {size:<34} {fig:>10.1f} {unit}")
+    print_table(f"emulator read side on loopback, {a.mb:.0f} MB of {a.frame_kib}-KiB frames, median of {a.repeat}",
+                rows)
     return 0
+
+
+def print_table(title: str, rows: list) -> None:
+    """The benchmark's table: (what, size, figure, unit) rows under a title naming the machine."""
+    w = max(len(r[0]) for r in rows)
+    print(f"\n{title} (Python {sys.version.split()[0]}, {os.cpu_count()} CPUs)")
+    print(f"{'what':<{w}} {'size':<34} {'figure':>10}")
+    for what, size, fig, unit in rows:
+        print(f"{what:<{w}} {size:<34} {fig:>10.1f} {unit}")
 
 
 if __name__ == "__main__":

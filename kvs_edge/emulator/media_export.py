@@ -21,7 +21,9 @@ def remux_mp4(documents: Iterable[bytes]) -> bytes:
 
     Packets are copied as they are (the codec private data becomes the MP4 sample description); timestamps are
     rebased so the clip starts at 0. A document whose timestamps go back (fragments listed by server time whose
-    producer times overlap) is moved to follow the previous one: every frame stays, in the order given."""
+    producer times overlap) is moved to follow the previous one: every frame stays, in the order given. MKV carries no
+    decoding times: where FFmpeg's parser gives none, or one not after the previous, the next tick is used (MP4 needs
+    them strictly increasing)."""
     out_buf = io.BytesIO()
     origin = None
     last: dict[int, tuple[int, int]] = {}  # output stream index -> (last dts, last step), in the input time base
@@ -34,28 +36,26 @@ def remux_mp4(documents: Iterable[bytes]) -> bytes:
                     if streams is None:
                         streams = [out.add_stream_from_template(s) for s in ins]
                     by_index = {s.index: o for s, o in zip(ins, streams)}
-                    shift: dict[int, int] = {}  # this document's offset per input stream
+                    shift: dict[int, int] = {}  # this document's offset per output stream
                     for pkt in src.demux(ins):
-                        if pkt.size == 0 or pkt.pts is None:
-                            continue  # the demuxer's flush packets
                         o = by_index.get(pkt.stream.index)
-                        if o is None:
-                            continue
-                        if pkt.dts is None:
-                            pkt.dts = pkt.pts
+                        if pkt.size == 0 or pkt.pts is None or o is None:
+                            continue  # the demuxer's flush packets
                         tb = pkt.time_base
+                        dts = pkt.dts if pkt.dts is not None else pkt.pts
                         if origin is None:
-                            origin = pkt.dts * tb
-                        if pkt.stream.index not in shift:
-                            shift[pkt.stream.index] = int(origin / tb)
-                            prev = last.get(o.index)
-                            if prev is not None and pkt.dts - shift[pkt.stream.index] <= prev[0]:
-                                shift[pkt.stream.index] = pkt.dts - (prev[0] + prev[1])
-                        pkt.pts -= shift[pkt.stream.index]
-                        pkt.dts -= shift[pkt.stream.index]
+                            origin = dts * tb
                         prev = last.get(o.index)
-                        step = pkt.dts - prev[0] if prev is not None and pkt.dts > prev[0] else (prev or (0, 1))[1]
-                        last[o.index] = (pkt.dts, step)
+                        if o.index not in shift:
+                            shift[o.index] = int(origin / tb)
+                            if prev is not None and dts - shift[o.index] <= prev[0]:
+                                shift[o.index] = dts - (prev[0] + prev[1])
+                        dts -= shift[o.index]
+                        pts = pkt.pts - shift[o.index]
+                        if prev is not None and dts <= prev[0]:
+                            dts = prev[0] + 1
+                        pkt.dts, pkt.pts = dts, max(pts, dts)
+                        last[o.index] = (dts, dts - prev[0] if prev is not None else 1)
                         pkt.stream = o
                         out.mux(pkt)
             if streams is None:
