@@ -27,7 +27,7 @@ import av
 import pytest
 import yaml
 
-from kvs_edge.sources.base import NAL_IDR, NAL_PPS, NAL_SPS, nal_types
+from kvs_edge.media.h264 import NAL_IDR, NAL_PPS, NAL_SPS, nal_types
 
 REPO = Path(__file__).resolve().parents[1]
 BUILD = REPO / "tools" / "real-picamera" / "build.sh"

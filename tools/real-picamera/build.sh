@@ -8,7 +8,7 @@
 # the camera description; $KVS_EDGE_PICAMERA_CACHE_ROOT replaces /var/cache):
 #   prefix/  libcamera from Debian sid's source package, our patch applied (libcamera-0.7.2-virtual.patch),
 #            only the `virtual` pipeline, no IPAs, with the Python bindings; virtual.yaml as its camera
-#   venv/    Debian's python3 with PyPI's picamera2 (python-prctl and PiDNG build from source), the bindings on
+#   venv/    Debian's python3 with PyPI's picamera2 and kvs-edge's runtime dependencies (python-prctl and PiDNG build from source), the bindings on
 #            its path (a .pth)
 #   setup-seconds  how long the build from nothing took; `ready` marks a complete build
 # Needs root for apt (the build packages, and `apt-get source` through a private sid deb-src list that leaves the
@@ -23,8 +23,11 @@ APT_PACKAGES="dpkg-dev g++ meson ninja-build pkg-config libyuv-dev libudev-dev l
   pybind11-dev python3-dev python3-venv python3-yaml python3-jinja2 python3-ply libcap-dev patch"
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# kvs-edge's own runtime dependencies go into the same venv, as on a Pi where kvs-edge's venv sees python3-picamera2.
+KVS_EDGE_DEPS=$("$PY" -c 'import sys, tomllib; print(" ".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' \
+  "$HERE/../../pyproject.toml")
 PATCH="$HERE/libcamera-${LIBCAMERA_VERSION}-virtual.patch"
-KEY=$( { echo "libcamera=$LIBCAMERA_VERSION picamera2=$PICAMERA2_VERSION"; cat "$HERE/build.sh" "$PATCH" \
+KEY=$( { echo "libcamera=$LIBCAMERA_VERSION picamera2=$PICAMERA2_VERSION deps=$KVS_EDGE_DEPS"; cat "$HERE/build.sh" "$PATCH" \
          "$HERE/virtual.yaml"; } | sha256sum | cut -c1-12)
 CACHE="${KVS_EDGE_PICAMERA_CACHE_ROOT:-/var/cache}/kvs-edge-picamera-$KEY"
 
@@ -104,7 +107,8 @@ BINDINGS=$(dirname "$(dirname "$(find "$CACHE/prefix" -name '_libcamera*.so' | h
 echo "real-picamera: installing picamera2 $PICAMERA2_VERSION from PyPI" >&2
 "$PY" -m venv "$CACHE/venv"
 "$CACHE/venv/bin/python" -m pip install --quiet --upgrade pip >"$CACHE/pip.log" 2>&1
-"$CACHE/venv/bin/python" -m pip install --quiet "picamera2==$PICAMERA2_VERSION" >>"$CACHE/pip.log" 2>&1
+# shellcheck disable=SC2086 # one word per requirement
+"$CACHE/venv/bin/python" -m pip install --quiet "picamera2==$PICAMERA2_VERSION" $KVS_EDGE_DEPS >>"$CACHE/pip.log" 2>&1
 site=$("$CACHE/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 echo "$BINDINGS" >"$site/kvs-edge-libcamera.pth"
 LD_LIBRARY_PATH="$CACHE/prefix/lib" PYTHONPATH="$HERE/standins" "$CACHE/venv/bin/python" -c "import libcamera, picamera2" \
