@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# Debian tools some tests use (unit checks, shell lint); installed with apt when missing (CI runs as root).
-APT_TOOLS := shellcheck:shellcheck systemd-analyze:systemd
+# Debian tools some tests use (unit checks, shell lint, the console's real-browser test); installed with apt when missing
+# (CI runs as root).
+APT_TOOLS := shellcheck:shellcheck systemd-analyze:systemd chromium:chromium chromedriver:chromium-driver
 # What building the official KVS C producer SDK needs (tools/kvs-sdk/build.sh, for tests/test_sdk_interop.py):
 # commands, then pkg-config modules, each with the Debian package that provides it.
 SDK_APT_TOOLS := cmake:cmake cc:build-essential make:build-essential pkg-config:pkg-config
@@ -54,8 +55,9 @@ sdk: sdk-tools
 test: $(STAMP) tools sdk-tools
 	$(PY) -m pytest -q
 
+# In a terminal it ends with the emulator's web console URL and streams live until Ctrl-C (--watch); elsewhere it exits.
 demo: $(STAMP)
-	$(VENV)/bin/kvs-edge demo
+	$(VENV)/bin/kvs-edge demo --watch
 
 # Benchmarks print tables with a reference measured in the same run; they are not part of `make test`.
 bench: $(STAMP)
@@ -65,6 +67,8 @@ bench: $(STAMP)
 	$(PY) bench/log.py
 	$(PY) bench/drain.py
 	$(PY) bench/pipeline.py
+	$(PY) bench/read_side.py
+	$(PY) bench/hls.py
 
 # Debian arm64 root file system under qemu-user-static, kvs-edge installed by the pi-gen stage's install path,
 # then checked inside it (see docs/image.md). Needs root; installs debootstrap/qemu-user-static/binfmt-support.
