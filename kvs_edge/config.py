@@ -118,6 +118,10 @@ class BufferConfig:
     sync_seconds: float = 2.0
 
 
+# The Producer's buffer (`Producer(buffer_max_bytes=...)`): smaller than the appliance's, as a library shares its host.
+PRODUCER_BUFFER_MAX_BYTES = "512MiB"
+
+
 @dataclass(frozen=True)
 class TimeConfig:
     require_sync: bool = True
@@ -143,6 +147,13 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class MetadataConfig:
+    """The `metadata:` block: static tags written before every fragment (name: value lines, e.g. site, serial)."""
+
+    tags: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     stream: StreamConfig
     aws: AwsConfig = field(default_factory=AwsConfig)
@@ -152,6 +163,7 @@ class Config:
     upload: UploadConfig = field(default_factory=UploadConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    metadata: MetadataConfig = field(default_factory=MetadataConfig)
 
 
 SECTIONS: dict[str, type] = {
@@ -667,7 +679,7 @@ def parse_config(data: Any, source_name: str, base_dir: str | None = None) -> Co
         ])
 
     for key in data:
-        if str(key) not in SECTIONS:
+        if str(key) not in SECTIONS and str(key) != "metadata":
             err(str(key), _unknown_top(str(key)))
 
     values: dict[str, dict[str, Any]] = {}
@@ -678,6 +690,7 @@ def parse_config(data: Any, source_name: str, base_dir: str | None = None) -> Co
     if iot_given:
         values["aws"]["iot"] = _parse_section(aws_raw["iot"], "aws.iot", IotConfig, err)
 
+    metadata = _parse_metadata(data.get("metadata"), err)
     _cross_checks(values, iot_given, err)
     if base_dir is not None:
         _resolve_paths(values, base_dir)
@@ -698,7 +711,32 @@ def parse_config(data: Any, source_name: str, base_dir: str | None = None) -> Co
         upload=UploadConfig(**values["upload"]),
         health=HealthConfig(**values["health"]),
         log=LogConfig(**values["log"]),
+        metadata=metadata,
     )
+
+
+def _parse_metadata(raw: Any, err: _Errors) -> MetadataConfig:
+    """`metadata:`: name: value lines, each a fragment tag within KVS's limits (media/fragment_tags.py)."""
+    from kvs_edge.media.fragment_tags import FragmentTags, TagError
+
+    if raw is None:
+        return MetadataConfig()
+    if not isinstance(raw, dict):
+        err("metadata", f"expected tag lines under it (indented name: value), got {_show(raw)}")
+        return MetadataConfig()
+    tags, book = [], FragmentTags()
+    for key, value in raw.items():
+        path = f"metadata.{key}"
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            err(path, f"expected a text value, got {_kind(value)}")
+            continue
+        try:
+            book.put(str(key), str(value), persistent=True)
+        except TagError as e:
+            err(path, str(e))
+            continue
+        tags.append((str(key), str(value)))
+    return MetadataConfig(tuple(tags))
 
 
 def _parse_section(raw: Any, section: str, cls: type, err: _Errors) -> dict[str, Any]:
