@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Debian tools some tests use (unit checks, shell lint); installed with apt when missing (CI runs as root).
 APT_TOOLS := shellcheck:shellcheck systemd-analyze:systemd
 
-.PHONY: test demo venv tools bench image-test clean
+.PHONY: test demo venv tools bench image-test clean docs dist
 
 venv: $(STAMP)
 
@@ -40,6 +40,18 @@ bench: $(STAMP)
 	$(PY) bench/log.py
 	$(PY) bench/drain.py
 	$(PY) bench/pipeline.py
+	$(PY) bench/producer.py
+
+# API reference of the library (kvs_edge.Producer, kvs_edge.picamera2) from the docstrings, in docs/api/.
+# Without Picamera2 installed, kvs_edge.picamera2 is documented against the test fake's Output (same signatures).
+docs: $(STAMP)
+	PYTHONPATH=tests/fakes $(PY) -m pdoc --output-directory docs/api kvs_edge kvs_edge.producer kvs_edge.picamera2 kvs_edge.media.fragment_tags kvs_edge.media.access_unit
+
+# sdist and wheel in dist/, checked as PyPI would
+dist: $(STAMP)
+	rm -rf dist build
+	$(PY) -m build --no-isolation --outdir dist .
+	$(PY) -m twine check --strict dist/*
 
 # Debian arm64 root file system under qemu-user-static, kvs-edge installed by the pi-gen stage's install path,
 # then checked inside it (see docs/image.md). Needs root; installs debootstrap/qemu-user-static/binfmt-support.
@@ -47,4 +59,4 @@ image-test: $(STAMP)
 	bash image-build/image-test.sh
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) build dist *.egg-info docs/api
