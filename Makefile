@@ -88,7 +88,7 @@ image-test: $(STAMP)
 # for apt), then tests/test_real_picamera2.py, which skips in plain `make test` when that build is absent.
 picamera-test: $(STAMP)
 	bash tools/real-picamera/build.sh
-	KVS_EDGE_REQUIRE_REAL_PICAMERA=1 $(PY) -m pytest -q -s tests/test_real_picamera2.py
+	KVS_EDGE_REQUIRE_REAL_PICAMERA=1 $(PY) -m pytest -q -s tests/test_real_picamera2.py tests/test_real_picamera2_kvsoutput.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info docs/api
