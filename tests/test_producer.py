@@ -193,3 +193,28 @@ def test_bad_settings_are_one_clear_error_each():
         Producer("cam", region="us-east-1", credentials=("a", "b"), fragment_seconds=60)
     with pytest.raises(ValueError, match="credentials"):
         Producer("cam", region="us-east-1", credentials=42)
+
+
+def test_disk_buffer_keeps_what_was_not_sent_for_the_next_producer(emulator, tmp_path):
+    """buffer_path: fragments put while KVS was unreachable are sent by the next Producer on that folder."""
+    emulator.create_stream("cam")
+    creds = (DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY)
+    video = make_h264(60, 160, 120, fps=FPS, gop=FPS)
+    t0 = time.time_ns() - 60_000_000_000
+    offline = Producer("cam", region="us-east-1", credentials=creds, endpoint_url="http://127.0.0.1:9",
+                       fragment_seconds=1.0, buffer_path=str(tmp_path / "buf"))
+    for i, u in enumerate(video.units):
+        offline.put_frame(u.data, timestamp_ns=t0 + i * 33_333_334)
+    assert offline.flush(timeout=1) is False  # nowhere to send it
+    assert offline.stats.connection == "offline" and offline.stats.last_error
+    offline.close(timeout=0)
+    with Producer("cam", region="us-east-1", credentials=creds, endpoint_url=emulator.url, fragment_seconds=1.0,
+                  buffer_path=str(tmp_path / "buf")) as p:
+        persisted = []
+        for ev in p.events(timeout=20):
+            if isinstance(ev, FragmentPersisted):
+                persisted.append(ev.seq)
+            if len(persisted) == 2:
+                break
+        assert sorted(persisted) == [0, 1] and p.stats.backlog_fragments == 0
+    assert len(emulator.archive("cam")) == 2
