@@ -98,3 +98,26 @@ def test_tags_go_where_the_sdk_writes_them(monkeypatch):
     assert len(ours.clusters) == len(sdk.clusters) == 6
     assert [c.tags_before for c in ours.clusters] == [c.tags_before for c in sdk.clusters]
     assert [c.timecode for c in ours.clusters] == [c.timecode for c in sdk.clusters]
+
+
+def test_the_appliance_writes_the_metadata_block_on_every_fragment(tmp_path):
+    """`kvs-edge run`'s engine with a `metadata:` block, to the independent endpoint: every cluster has the tags."""
+    from kvs_edge.appliance import Appliance
+    from support.appliance import applied, config_dict, wait_until
+
+    kvs = RecordingKvs("cam").start()
+    try:
+        data = config_dict(kvs, tmp_path / "buf", stream="cam")
+        data["metadata"] = {"site": "berlin-3", "serial": "A1234"}
+        app = Appliance(parse_config(data, "<test>"))
+        app.start()
+        try:
+            wait_until(lambda: applied(app).pipeline.counters.fragments_persisted >= 2, 60, "two fragments")
+        finally:
+            app.stop()
+    finally:
+        kvs.stop()
+    session = read_kvs_mkv(kvs.body)
+    assert len(session.clusters) >= 2
+    for c in session.clusters:
+        assert [t for group in c.tags_before for t in group] == [("site", "berlin-3"), ("serial", "A1234")]
