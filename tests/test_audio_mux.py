@@ -293,37 +293,3 @@ def test_the_fragment_log_carries_audio_with_its_video(tmp_path):
     s = check_kvs_rules(session, with_audio=True)
     assert sum(1 for c in s.clusters for b in c.blocks if b.track == 2) == rec.audio_frames
     log.close()
-
-
-# ---------------------------------------------------------------- the emulator checks the audio track as playback does
-
-
-def _session_with_audio_cpd(asc: bytes) -> bytes:
-    """A real two-track session whose audio TrackEntry carries `asc` as CodecPrivate (written by hand here: our writer
-    refuses to), e.g. what a LATM-wrapped input would have carried."""
-    enc = make_h264(45, 96, 64, fps=15, gop=15)
-    _, events = run_muxer(enc.units, aac_frames()[:130])
-    start = next(e for e in events if isinstance(e, SessionStart))
-    (good,) = sessions_of(events)
-    body = good[len(start.header):]
-    entry = mkv.element(mkv.TRACK_ENTRY, b"".join((
-        mkv.uint_element(mkv.TRACK_NUMBER, 2), mkv.uint_element(mkv.TRACK_UID, 2), mkv.uint_element(mkv.TRACK_TYPE, 2),
-        mkv.string_element(mkv.CODEC_ID, "A_AAC"),
-        mkv.element(mkv.AUDIO, mkv.float_element(mkv.SAMPLING_FREQUENCY, RATE) + mkv.uint_element(mkv.CHANNELS, 1)),
-        mkv.element(mkv.CODEC_PRIVATE, asc))))
-    return mkv.session_header(width=96, height=64, codec_private=start.codec_private, audio=entry) + body
-
-
-@pytest.mark.parametrize("asc, defect", [(TRACK.asc, False), (b"\x12", True),
-                                         (bytes.fromhex("121000"), True),  # 3 bytes
-                                         (bytes.fromhex("56e500000000"), True)])
-def test_emulator_records_an_audio_config_playback_would_refuse(asc, defect):
-    from kvs_edge.emulator.ingest import DEFECT_AUDIO_CODEC_PRIVATE, Ack, PutMediaIngest, Store, StreamCursor
-
-    core = PutMediaIngest(StreamCursor(), session_id="s1", now=1_800_000_000.0)
-    data = _session_with_audio_cpd(asc)
-    out = core.feed(data, 1_800_000_000.0) + core.end(1_800_000_000.0)
-    acks = [o for o in out if isinstance(o, Ack)]
-    stored = [o.record for o in out if isinstance(o, Store)]
-    assert acks[-1].event_type == "PERSISTED" and len(stored) == 3  # ingest accepts it, as KVS does
-    assert all((DEFECT_AUDIO_CODEC_PRIVATE in r.defects) == defect for r in stored)

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from kvs_edge.media import ebml
-from kvs_edge.media.aac import valid_asc
 from kvs_edge.media.ebml import EbmlError, EbmlReader, End, Leaf, LeafStart, Start
 from kvs_edge.media.h264 import H264Error, iter_avcc, parse_avcc
 
@@ -62,10 +61,8 @@ ERROR_CODES = {
 
 END_OF_FRAGMENT_TAG = "AWS_KINESISVIDEO_END_OF_FRAGMENT"
 H264_CODEC_ID = "V_MPEG4/ISO/AVC"
-AAC_CODEC_ID = "A_AAC"
 DEFECT_NO_KEY_FRAME = "no-key-frame"
 DEFECT_CODEC_PRIVATE = "bad-codec-private"
-DEFECT_AUDIO_CODEC_PRIVATE = "bad-audio-codec-private"  # an A_AAC track whose CPD playback refuses
 
 _CLUSTER_UNKNOWN = ebml.encode_id(ebml.CLUSTER) + ebml.encode_size(None, 8)
 _TIMECODE_HEAD = ebml.encode_id(ebml.TIMECODE) + ebml.encode_size(8)
@@ -174,7 +171,6 @@ class _Track:
     codec_id: str = ""
     codec_private: bytes | None = None
     length_size: int | None = None  # AVCC NAL length size for H.264 tracks
-    audio_defect: bool = False  # an AAC track with a CodecPrivate KVS playback refuses
 
 
 @dataclass
@@ -484,10 +480,6 @@ class PutMediaIngest:
                 t.length_size = parse_avcc(t.codec_private or b"").length_size
             except H264Error:
                 t.length_size = None  # KVS validates CodecPrivate on playback, not on ingest: a defect
-        elif t.codec_id == AAC_CODEC_ID:
-            # "AudioSpecificConfig for AAC (2 or 5 bytes; LATM is refused)" and "Codec private data is not validated
-            # at ingest, only when media is packaged" (docs/kvs-service-facts.md): accepted, recorded as a defect
-            t.audio_defect = not valid_asc(t.codec_private)
         self._tracks[t.number] = t
 
     def _start_cluster(self, ev: Start, now: float, out: list[Output]) -> None:
@@ -554,8 +546,6 @@ class PutMediaIngest:
             raise _Reject(4002, f"fragment longer than {self.limits.max_fragment_ms} ms")
         if frag.size > self.limits.max_fragment_bytes:
             raise _Reject(4001, f"fragment larger than {self.limits.max_fragment_bytes} bytes")
-        if track.audio_defect and DEFECT_AUDIO_CODEC_PRIVATE not in frag.defects:
-            frag.defects.append(DEFECT_AUDIO_CODEC_PRIVATE)
         if track.codec_id == H264_CODEC_ID:
             if track.length_size is None:
                 if DEFECT_CODEC_PRIVATE not in frag.defects:
