@@ -34,11 +34,11 @@ def open_source(cfg, *, fragment_seconds: float, paced: bool = True, stall_secon
     if kind == "file":
         from .av import FileSource
 
-        return FileSource(cfg, paced=paced, audio_bitrate=cfg.audio.bitrate if getattr(cfg, "audio", None) else 64000)
+        return FileSource(cfg, paced=paced, audio_bitrate=_audio_bitrate(cfg))
     if kind == "rtsp":
         from .av import rtsp_source
 
-        return rtsp_source(cfg)
+        return rtsp_source(cfg, audio_bitrate=_audio_bitrate(cfg))
     if kind == "v4l2":
         from .av import v4l2_source
 
@@ -46,16 +46,16 @@ def open_source(cfg, *, fragment_seconds: float, paced: bool = True, stall_secon
     raise SourceError(f"source.type {kind!r}: unknown; use one of {', '.join(SOURCE_TYPES)}")
 
 
+def _audio_bitrate(cfg) -> int:
+    """source.audio.bitrate for the transcoded audio of a file or an RTSP camera (64k without source.audio)."""
+    return cfg.audio.bitrate if getattr(cfg, "audio", None) else 64000
+
+
 def audio_beside(cfg):
     """The microphone capture that runs beside a camera (picamera, v4l2: they deliver no sound of their own) when
-    source.audio is set; None otherwise (no audio, or the file and test pattern sources bring their own)."""
+    source.audio is set; None otherwise (no audio, or the file, RTSP and test pattern sources bring their own)."""
     audio = getattr(cfg, "audio", None)
     kind = str(getattr(cfg, "type", "picamera"))
-    if audio is not None and kind == "rtsp":
-        import logging
-
-        logging.getLogger(__name__).warning("source.audio: the rtsp source does not carry audio yet; sending video "
-                                            "only")
     if audio is None or kind not in ("picamera", "v4l2"):
         return None
     from .alsa import AlsaAudio

@@ -126,6 +126,12 @@ class LiveTimestamps:
     def reset(self) -> None:
         self._offset = None
 
+    @property
+    def offset(self) -> int | None:
+        """monotonic ns - media ns of the current mapping (None until the first frame): the input's audio, on the
+        same media clock, is mapped with it."""
+        return self._offset
+
     def stamp(self, media_ns: int | None, now_ns: int) -> int:
         if media_ns is None:
             ts = now_ns
@@ -161,12 +167,56 @@ def _av_error_text(e: BaseException, uri: str) -> str:
     return redact_uri(str(text).replace(str(uri), redact_uri(uri)))
 
 
+class InputAudio:
+    """The input's own audio track (file, RTSP) as raw AAC (sources/aac_input.py) for `on_audio`.
+
+    `audio` (its AacFromStream) is set once the input is open, `audio_error` (one line) when its audio is unusable:
+    the video then goes on alone.
+    """
+
+    on_audio: Callable | None = None
+    audio_bitrate: int = 64000
+    audio = None
+    audio_error: str | None = None
+    name = "input"
+    raw = False  # a raw H.264 file has no audio
+
+    @property
+    def _audio_what(self) -> str:
+        return getattr(self, "path", None) or redact_uri(getattr(self, "url", self.name))
+
+    def _open_audio(self, container):
+        """The container's first audio stream when audio is wanted and usable; else None (video goes on alone)."""
+        from .aac_input import AacFromStream, AudioUnusable
+
+        if self.on_audio is None or self.raw or not container.streams.audio or self.audio_error:
+            return None
+        astream = container.streams.audio[0]
+        try:
+            self.audio = AacFromStream(astream, bitrate=self.audio_bitrate, what=self._audio_what)
+        except (AudioUnusable, ValueError) as e:
+            self._audio_failed(str(e))
+            return None
+        except Exception as e:  # an audio codec FFmpeg has no decoder for, and the like
+            self._audio_failed(f"{self._audio_what}: its {astream.codec_context.name} audio cannot be used ({e})")
+            return None
+        log.info("%s: audio %s Hz x %s: %s", self.name, self.audio.sample_rate, self.audio.channels,
+                 self.audio.description)
+        return astream
+
+    def _audio_failed(self, message: str) -> None:
+        if self.audio_error is None:
+            self.audio_error = message
+            log.warning("%s; sending video only", message)
+        self.audio = None
+
+
 # -- files ----------------------------------------------------------------------------------------------------------
 
 RAW_PROBE_OPTIONS = {"probesize": "32", "analyzeduration": "0", "fpsprobesize": "0"}
 
 
-class FileSource(Source):
+class FileSource(InputAudio, Source):
     """A video file: paced in real time (run) or as fast as it reads (upload); optionally looped."""
 
     def __init__(self, cfg, *, paced: bool = True, clock: Clock | None = None,
@@ -280,32 +330,6 @@ class FileSource(Source):
             offset += end_ns  # the next pass starts where this one's last frame ended
             log.debug("%s: looping", self.name)
 
-    # -- the audio track (optional) -------------------------------------------------------------------------------
-    def _open_audio(self, container):
-        """The container's first audio stream when audio is wanted and usable; else None (video goes on alone)."""
-        from .aac_input import AacFromStream, AudioUnusable
-
-        if self.on_audio is None or self.raw or not container.streams.audio or self.audio_error:
-            return None
-        astream = container.streams.audio[0]
-        try:
-            self.audio = AacFromStream(astream, bitrate=self.audio_bitrate, what=self.path)
-        except (AudioUnusable, ValueError) as e:
-            self._audio_failed(str(e))
-            return None
-        except Exception as e:  # an audio codec FFmpeg has no decoder for, and the like
-            self._audio_failed(f"{self.path}: its {astream.codec_context.name} audio cannot be used ({e})")
-            return None
-        log.info("%s: audio %s Hz x %s: %s", self.name, self.audio.sample_rate, self.audio.channels,
-                 self.audio.description)
-        return astream
-
-    def _audio_failed(self, message: str) -> None:
-        if self.audio_error is None:
-            self.audio_error = message
-            log.warning("%s; sending video only", message)
-        self.audio = None
-
     def _audio_packet(self, packet, first_ns: int, offset: int, pacer) -> None:
         from .aac_input import AudioUnusable
 
@@ -329,8 +353,12 @@ class FileSource(Source):
 
 # -- live inputs ----------------------------------------------------------------------------------------------------
 
-class StreamSource(Source):
+class StreamSource(InputAudio, Source):
     """A live input (RTSP camera, V4L2 device, or any URL FFmpeg opens) that reconnects with exponential backoff.
+
+    With `on_audio` set (source.audio on an rtsp source), the camera's audio track goes along as raw AAC
+    (InputAudio: AAC with a valid config passed through, LATM/ADTS/G.711/... transcoded), stamped with the video's
+    mapping of media time to the monotonic clock (LiveTimestamps.offset), so the input's A/V offset is kept.
 
     fatal_open: called with the exception of a failed first open; returns a SourceError to give up at once (e.g. a
     V4L2 device that does not exist) or None to keep retrying.
@@ -340,8 +368,11 @@ class StreamSource(Source):
                  open_timeout: float = 10.0, read_timeout: float = 5.0, backoff_initial: float = LIVE_SOURCE.base_s,
                  backoff_max: float = LIVE_SOURCE.cap_s, clock: Clock | None = None,
                  fatal_open: Callable[[BaseException], SourceError | None] | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, audio_bitrate: int = 64000) -> None:
         super().__init__()
+        self.audio_bitrate = audio_bitrate
+        self.audio_waiting = 0  # audio packets dropped: before the first key frame or the first RTCP Sender Report
+        self._audio_last = -1
         self.url = url
         self.name = name
         self.format = format
@@ -397,11 +428,15 @@ class StreamSource(Source):
                 log.info("%s: connected (%sx%s)", self.name, stream.codec_context.width, stream.codec_context.height)
                 conv = AnnexBConverter(stream.codec_context.extradata)
                 stamps.reset()
+                astream = self._open_audio(container)
                 waiting_for_key = True
-                for packet in container.demux(stream):
+                for packet in container.demux(*([stream, astream] if astream is not None else [stream])):
                     if self._stopping.is_set():
                         return
                     if packet.size == 0:
+                        continue
+                    if astream is not None and packet.stream is astream:
+                        self._live_audio(packet, stamps.offset, container.start_time_realtime is not None)
                         continue
                     data, key = conv.convert(bytes(packet))
                     if waiting_for_key and not key:
@@ -426,6 +461,34 @@ class StreamSource(Source):
             if self._stopping.is_set():
                 return
             self._retry_later(f"{reason} after {delivered} frames")
+
+    def _live_audio(self, packet, offset: int | None, rtcp_synced: bool) -> None:
+        """One audio packet of the camera -> AudioFrames on the video's time line.
+
+        FFmpeg's RTSP demuxer gives each track its own time line starting at 0 until an RTCP Sender Report arrives
+        (RFC 3550 6.4.1: "the NTP timestamp ... and the RTP timestamp correspond to the same time"); from then on
+        it maps every track through it onto one time line (rtpdec.c finalize_packet), and PyAV's
+        start_time_realtime is set. Audio before that, or before the first key frame (no video mapping yet), has
+        nothing to be synchronized with and is dropped (counted in audio_waiting).
+        """
+        from kvs_edge.media.frame import AudioFrame
+
+        from .aac_input import AudioUnusable
+
+        if self.audio is None:
+            return
+        if offset is None or not rtcp_synced:
+            self.audio_waiting += 1
+            return
+        try:
+            frames = self.audio.feed(packet, _media_ns(packet, packet.stream.time_base))
+        except AudioUnusable as e:
+            self._audio_failed(str(e))
+            return
+        for data, media in frames:
+            ts = max(media + offset, self._audio_last + 1)
+            self._audio_last = ts
+            self.on_audio(AudioFrame(data, ts))
 
     def _retry_later(self, what: str) -> None:
         delay = self._retry.next()

@@ -8,6 +8,13 @@ connection, as an IP camera serves it to `rtsp_transport=tcp` clients. Enough fo
     cam.frozen.set()                            # it hangs: connections stay open, no more video (until cleared)
 
 It streams the units in a loop, paced at `fps`, each session from the first unit (a key frame).
+
+With `audio=RtpAudio(...)` it serves a second track (interleaved channels 2-3): AAC (RFC 3640 mpeg4-generic AAC-hbr,
+config in the SDP), AAC without a config (a broken camera), or G.711 A-law (PCMA, payload type 8). Both tracks' RTP
+timestamps come from one capture clock, and RTCP Sender Reports (RFC 3550 6.4.1: NTP time + the RTP timestamp of the
+same instant) go out for each track at PLAY and every second after, as cameras do: that is how a receiver (FFmpeg's
+RTSP demuxer) puts audio and video on one time line. Audio frame j is captured at `audio.start_s + j * spf / rate`
+seconds after video unit 0 (`media_s`), for tests that measure the A/V offset.
 """
 
 from __future__ import annotations
@@ -19,6 +26,43 @@ import threading
 import time
 
 MAX_PAYLOAD = 1400
+NTP_EPOCH_OFFSET = 2_208_988_800  # seconds from 1900 (NTP) to 1970
+
+
+class RtpAudio:
+    """An audio track to serve: kind "aac" (frames: raw AAC, config: the AudioSpecificConfig), "aac-noconfig" (same
+    payload, no config in the SDP) or "pcma" (frames: A-law bytes, `spf` samples each)."""
+
+    def __init__(self, kind: str, frames: list[bytes], rate: int, spf: int, *, channels: int = 1,
+                 config: bytes = b"", start_s: float = 0.0) -> None:
+        self.kind, self.frames, self.rate, self.spf = kind, frames, rate, spf
+        self.channels, self.config, self.start_s = channels, config, start_s
+
+    def media_s(self, j: int) -> float:
+        return self.start_s + j * self.spf / self.rate
+
+    def sdp(self) -> list[str]:
+        if self.kind == "pcma":
+            return ["m=audio 0 RTP/AVP 8", f"a=rtpmap:8 PCMA/{self.rate}", "a=control:trackID=1"]
+        fmtp = "streamtype=5;profile-level-id=1;mode=AAC-hbr;sizelength=13;indexlength=3;indexdeltalength=3"
+        if self.kind == "aac":
+            fmtp += f";config={self.config.hex()}"
+        return ["m=audio 0 RTP/AVP 97", f"a=rtpmap:97 MPEG4-GENERIC/{self.rate}/{self.channels}",
+                f"a=fmtp:97 {fmtp}", "a=control:trackID=1"]
+
+    def packet(self, j: int, seq: int, timestamp: int, ssrc: int) -> bytes:
+        frame = self.frames[j % len(self.frames)]
+        if self.kind == "pcma":
+            payload, pt = frame, 8
+        else:  # RFC 3640 3.2: AU-headers-length (bits), one AU-header: 13 bits size, 3 bits index
+            payload, pt = struct.pack("!HH", 16, len(frame) << 3) + frame, 97
+        return struct.pack("!BBHII", 0x80, 0x80 | pt, seq & 0xFFFF, timestamp & 0xFFFFFFFF, ssrc) + payload
+
+
+def sender_report(ssrc: int, wall_s: float, rtp_ts: int, packets: int, octets: int) -> bytes:
+    """RTCP SR (RFC 3550 6.4.1) without report blocks."""
+    ntp = int((wall_s + NTP_EPOCH_OFFSET) * (1 << 32))
+    return struct.pack("!BBHIQIII", 0x80, 200, 6, ssrc, ntp, rtp_ts & 0xFFFFFFFF, packets, octets)
 
 
 def split_annexb(au: bytes) -> list[bytes]:
@@ -65,8 +109,10 @@ def rtp_packets(nals: list[bytes], seq: int, timestamp: int, ssrc: int = 0x4B565
 
 class RtspCamera:
     def __init__(self, units: list[bytes], fps: int = 30, host: str = "127.0.0.1", port: int = 0,
-                 path: str = "stream1") -> None:
+                 path: str = "stream1", audio: RtpAudio | None = None) -> None:
         self.units = units
+        self.audio = audio
+        self.audio_sent = 0
         self.fps = fps
         self.host = host
         self.port = port
@@ -191,7 +237,7 @@ class RtspCamera:
                 "v=0", f"o=- 1 1 IN IP4 {self.host}", "s=kvs-edge test camera", f"c=IN IP4 {self.host}", "t=0 0",
                 "m=video 0 RTP/AVP 96", "a=rtpmap:96 H264/90000",
                 f"a=fmtp:96 packetization-mode=1;profile-level-id={self.sps[1:4].hex()};sprop-parameter-sets={sprop}",
-                "a=control:trackID=0", ""]).encode()
+                "a=control:trackID=0"] + (self.audio.sdp() if self.audio else []) + [""]).encode()
             self._reply(conn, send_lock, cseq, ["Content-Type: application/sdp", f"Content-Base: {uri.rstrip('/')}/"],
                         sdp)
         elif method == "SETUP":
@@ -200,8 +246,9 @@ class RtspCamera:
                 with send_lock:
                     conn.sendall(f"RTSP/1.0 461 Unsupported Transport\r\nCSeq: {cseq}\r\n\r\n".encode())
                 return method
+            channels = "2-3" if uri.rstrip("/").endswith("trackID=1") else "0-1"
             self._reply(conn, send_lock, cseq, ["Session: 4B565345;timeout=60",
-                                                "Transport: RTP/AVP/TCP;unicast;interleaved=0-1"])
+                                                f"Transport: RTP/AVP/TCP;unicast;interleaved={channels}"])
         elif method == "PLAY":
             self.sessions += 1
             self._reply(conn, send_lock, cseq, ["Session: 4B565345", "Range: npt=0.000-"])
@@ -212,24 +259,52 @@ class RtspCamera:
         return method
 
     def _stream(self, conn, send_lock, down: threading.Event) -> None:
-        seq = 1
+        v_ssrc, a_ssrc, v_base, a_base = 0x4B565345, 0x4B564155, 1000, 5000
+        seq = aseq = 1
         t0 = time.monotonic()
-        i = 0
+        wall0 = time.time()  # the capture clock's NTP time of video unit 0
+        i = j = 0
+        next_sr = 0.0
+        audio = self.audio
+
+        def send(channel: int, packet: bytes) -> None:
+            conn.sendall(b"$" + bytes([channel]) + struct.pack("!H", len(packet)) + packet)
+
         try:
             while not down.is_set():
                 if self.frozen.is_set():
                     down.wait(0.05)
                     t0 = time.monotonic() - i / self.fps
                     continue
-                au = self.units[i % len(self.units)]
-                packets, seq = rtp_packets(split_annexb(au), seq, 1000 + i * 90000 // self.fps)
-                with send_lock:
-                    for p in packets:
-                        conn.sendall(b"$\x00" + struct.pack("!H", len(p)) + p)
-                self.units_sent += 1
-                i += 1
-                delay = t0 + i / self.fps - time.monotonic()
+                now_media = time.monotonic() - t0
+                if now_media >= next_sr:  # a Sender Report per track: the same instant on both RTP clocks
+                    with send_lock:
+                        send(1, sender_report(v_ssrc, wall0 + now_media, v_base + round(now_media * 90000), i, 0))
+                        if audio is not None:
+                            a_ts = a_base + round((now_media - audio.start_s) * audio.rate)
+                            send(3, sender_report(a_ssrc, wall0 + now_media, a_ts, j, 0))
+                    next_sr = now_media + 1.0
+                video_due = i / self.fps
+                audio_due = audio.media_s(j) if audio is not None else float("inf")
+                due = min(video_due, audio_due)
+                delay = t0 + due - time.monotonic()
                 if delay > 0:
-                    down.wait(delay)
+                    down.wait(min(delay, max(0.0, next_sr - now_media)))
+                    continue
+                if audio_due < video_due:
+                    p = audio.packet(j, aseq, a_base + j * audio.spf, a_ssrc)
+                    with send_lock:
+                        send(2, p)
+                    aseq += 1
+                    j += 1
+                    self.audio_sent = j
+                else:
+                    au = self.units[i % len(self.units)]
+                    packets, seq = rtp_packets(split_annexb(au), seq, v_base + i * 90000 // self.fps, v_ssrc)
+                    with send_lock:
+                        for p in packets:
+                            send(0, p)
+                    self.units_sent += 1
+                    i += 1
         except OSError:
             return

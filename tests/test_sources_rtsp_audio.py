@@ -1,0 +1,243 @@
+"""Issue 14 for RTSP sources: the camera's own audio track, from the project's RTSP camera fake (tests/fakes/
+rtsp_camera.py: H.264 + AAC (RFC 3640) or G.711 A-law, RTP interleaved over TCP, RTCP Sender Reports per track) read
+by FFmpeg's RTSP demuxer through PyAV: AAC passed through untouched, PCMA transcoded to AAC-LC with a valid config,
+every audio frame delivered, and the input's A/V offset kept within 10 ms; audio that cannot be used is one line and
+the video keeps flowing. Then the same camera through `kvs-edge run` into the emulator's archive."""
+
+from __future__ import annotations
+
+import io
+import logging
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import av
+import numpy as np
+import pytest
+
+from fakes.rtsp_camera import RtpAudio, RtspCamera, split_annexb
+from kvs_edge.media import aac, h264
+from kvs_edge.media.aac_encoder import AacEncoder
+from kvs_edge.sources import open_source
+from kvs_edge.sources.av import rtsp_source
+from support.appliance import config_dict, wait_until, write_config
+from support.h264gen import make_h264
+
+ROOT = Path(__file__).resolve().parents[1]
+FPS = 15
+SECONDS = 10  # the length of the served loops: longer than any test reads, so each frame's index is unambiguous
+AUDIO_START_S = 0.137  # the input's A/V offset: audio frame 0 is captured this long after video unit 0
+MAX_OFFSET_ERROR_MS = 10.0
+
+
+@pytest.fixture(scope="module")
+def units():
+    units = [u.data for u in make_h264(FPS * SECONDS, 160, 120, FPS, gop=FPS, profile="baseline").units]
+    assert len({slices(u) for u in units}) == len(units)  # every unit can be told apart
+    return units
+
+
+def slices(data: bytes, avcc: bool = False) -> tuple[bytes, ...]:
+    nals = list(h264.iter_avcc(data, 4)) if avcc else split_annexb(data)
+    return tuple(n for n in nals if h264.nal_type(n) not in (h264.NAL_SPS, h264.NAL_PPS, h264.NAL_AUD))
+
+
+def noise(rate: int, seconds: float, seed: int) -> np.ndarray:
+    return ((np.random.default_rng(seed).random((1, int(rate * seconds)), dtype=np.float32) - 0.5) * 0.6)
+
+
+@pytest.fixture(scope="module")
+def aac_track():
+    enc = AacEncoder(48000, 1, 64000)
+    frames = [d for d, _ in enc.encode_array(noise(48000, SECONDS, 1))]
+    assert len(set(frames)) == len(frames)
+    return RtpAudio("aac", frames, 48000, aac.SAMPLES_PER_FRAME, config=enc.asc, start_s=AUDIO_START_S)
+
+
+@pytest.fixture(scope="module")
+def pcma_track():
+    """G.711 A-law at 8 kHz, 20 ms packets, made with FFmpeg's encoder; `pcm` is what a decoder gets back."""
+    rate, spf = 8000, 160
+    enc = av.CodecContext.create("pcm_alaw", "w")
+    enc.sample_rate, enc.layout, enc.format = rate, "mono", "s16"
+    samples = (noise(rate, SECONDS, 2) * 32767).astype(np.int16)
+    f = av.AudioFrame.from_ndarray(samples, format="s16", layout="mono")
+    f.sample_rate = rate
+    law = b"".join(bytes(p) for p in enc.encode(f) + enc.encode(None))
+    dec = av.CodecContext.create("pcm_alaw", "r")
+    dec.sample_rate, dec.layout = rate, "mono"
+    pkt = av.Packet(law)
+    pcm = np.concatenate([fr.to_ndarray().reshape(-1) for fr in dec.decode(pkt)]).astype(np.float64)
+    track = RtpAudio("pcma", [law[k:k + spf] for k in range(0, len(law) - spf + 1, spf)], rate, spf,
+                     start_s=AUDIO_START_S)
+    track.pcm = pcm
+    return track
+
+
+def read_live(url: str, seconds: float, **kw):
+    """Run the RTSP source with audio for `seconds` of delivered video: (source, video frames, audio frames)."""
+    src = rtsp_source(SimpleNamespace(uri=url), **kw)
+    video, audio = [], []
+    src.on_audio = audio.append
+    src.start(video.append)
+    try:
+        wait_until(lambda: len(video) >= seconds * FPS or src.error, 60, f"{seconds} s of video")
+    finally:
+        src.stop(timeout=5.0)
+    assert src.error is None, src.error
+    return src, video, audio
+
+
+def video_offsets(units, frames: list[tuple[int, bytes]], avcc: bool = False) -> list[tuple[int, int]]:
+    """[(capture ns at the camera (unit i at i / FPS s), timestamp - capture ns)] of delivered (ts, data) frames."""
+    index = {slices(u): i for i, u in enumerate(units)}
+    got = [index[slices(data, avcc)] for _, data in frames]
+    assert got == list(range(got[0], got[0] + len(got)))  # every frame, in order, from one session
+    return [(i * 1_000_000_000 // FPS, ts - i * 1_000_000_000 // FPS) for (ts, _), i in zip(frames, got)]
+
+
+def audio_offsets(track: RtpAudio, frames: list[tuple[int, bytes]]) -> list[tuple[int, int]]:
+    """The same for passed-through AAC frames, which must be every served frame from the first one on, in order."""
+    idx = [track.frames.index(data) for _, data in frames]
+    assert len(idx) >= 3 * 48000 // 1024 and idx == list(range(idx[0], idx[0] + len(idx)))
+    return [(round(track.media_s(j) * 1e9), ts - round(track.media_s(j) * 1e9)) for (ts, _), j in zip(frames, idx)]
+
+
+def av_errors_ms(video: list[tuple[int, int]], audio: list[tuple[int, int]]) -> list[float]:
+    """For each audio frame: its (timestamp - capture time) minus that of the video frame captured nearest to it;
+    0 when the input's A/V offset is kept exactly."""
+    caps = [c for c, _ in video]
+    errors = []
+    for cap, off in audio:
+        k = min(range(len(caps)), key=lambda i: abs(caps[i] - cap))
+        errors.append((off - video[k][1]) / 1e6)
+    return errors
+
+
+def pairs(frames) -> list[tuple[int, bytes]]:
+    return [(f.timestamp_ns, f.data) for f in frames]
+
+
+@pytest.mark.timeout(120)
+def test_rtsp_aac_is_passed_through_with_every_frame_in_sync(units, aac_track, caplog):
+    caplog.set_level(logging.INFO)
+    cam = RtspCamera(units, fps=FPS, audio=aac_track).start()
+    try:
+        src, video, audio = read_live(cam.url, 4)
+    finally:
+        cam.drop()
+    assert "AAC passed through" in caplog.text and src.audio_error is None
+    assert src.audio.asc == aac_track.config  # the camera's own config, 2 bytes
+    assert aac.parse_asc(src.audio.asc).sample_rate == 48000
+    # every audio frame from the first one on, untouched and in order, each as far from its video as at the camera
+    errors = av_errors_ms(video_offsets(units, pairs(video)), audio_offsets(aac_track, pairs(audio)))
+    print(f"{len(errors)} audio frames: A/V offset error min {min(errors):.2f} max {max(errors):.2f} ms")
+    assert max(abs(e) for e in errors) <= MAX_OFFSET_ERROR_MS, errors
+    ts = [a.timestamp_ns for a in audio]
+    assert all(b > a for a, b in zip(ts, ts[1:]))
+
+
+@pytest.mark.timeout(120)
+def test_rtsp_g711_is_transcoded_to_aac_in_sync(units, pcma_track, caplog):
+    caplog.set_level(logging.INFO)
+    cam = RtspCamera(units, fps=FPS, audio=pcma_track).start()
+    try:
+        src, video, audio = read_live(cam.url, 4)
+    finally:
+        cam.drop()
+    assert "pcm_alaw transcoded to AAC-LC" in caplog.text and src.audio_error is None
+    asc = aac.parse_asc(src.audio.asc)
+    assert len(src.audio.asc) in aac.ACCEPTED_ASC_LENGTHS and (asc.sample_rate, asc.channels) == (8000, 1)
+    # an independent decoder reads the AAC back; the frames are contiguous (one AAC frame = 1024 samples; the
+    # stamps follow the video's mapping, which settles by fractions of a millisecond in the first frames)
+    dec = av.CodecContext.create("aac", "r")
+    dec.extradata = src.audio.asc
+    pcm = np.concatenate([f.to_ndarray()[0] for a in audio for f in dec.decode(av.Packet(a.data))])
+    step = 1024 * 1_000_000_000 // 8000
+    gaps = [b.timestamp_ns - a.timestamp_ns - step for a, b in zip(audio, audio[1:])]
+    assert max(abs(g) for g in gaps) < 1_000_000, gaps
+    assert len(pcm) >= 3 * 8000
+    # where does the decoded sound sit in what the camera sent? sample m is stamped audio[0] + m / 8000 s; the
+    # video's mapping turns that into a capture time, which names a served sample; the cross-correlation says
+    # how far off the sound really is
+    v_off = int(np.median([off for _, off in video_offsets(units, pairs(video))]))
+    m0, n = 4000, 4000  # half a second, half a second in
+    capture_s = (audio[0].timestamp_ns + m0 * 1_000_000_000 // 8000 - v_off) / 1e9
+    expected = round((capture_s - AUDIO_START_S) * 8000)
+    chunk = pcm[m0:m0 + n] - pcm[m0:m0 + n].mean()
+    lags = range(-800, 801)  # +-100 ms
+    ref = pcma_track.pcm / 32768.0
+    score = [float(np.dot(chunk, ref[expected + lag:expected + lag + n])) if expected + lag >= 0 else 0.0
+             for lag in lags]
+    best = lags[int(np.argmax(score))]
+    print(f"transcoded G.711: the sound is {best / 8:.2f} ms from where the video puts it "
+          f"(correlation {max(score):.1f}, next best {sorted(score)[-2]:.1f})")
+    assert max(score) > 5 * sorted(score)[-10]  # a clear match, not noise against noise
+    assert abs(best / 8) <= MAX_OFFSET_ERROR_MS
+
+
+@pytest.mark.timeout(120)
+def test_rtsp_audio_that_cannot_be_used_is_one_line_and_the_video_flows(units, aac_track, caplog):
+    broken = RtpAudio("aac-noconfig", aac_track.frames, 48000, 1024, start_s=AUDIO_START_S)  # no config, no ADTS
+    cam = RtspCamera(units, fps=FPS, audio=broken).start()
+    try:
+        src, video, audio = read_live(cam.url, 3)
+    finally:
+        cam.drop()
+    assert audio == [] and len(video) >= 3 * FPS
+    video_offsets(units, pairs(video))  # every video frame, in order
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [f"{cam.url}: AAC audio with neither a config nor ADTS headers: remux it; sending video only"]
+    assert src.audio_error and "\n" not in src.audio_error
+
+
+def test_open_source_gives_the_rtsp_source_the_audio_bitrate():
+    src = open_source(SimpleNamespace(type="rtsp", uri="rtsp://10.1.2.3/s1", audio=SimpleNamespace(bitrate=96000)),
+                      fragment_seconds=1.0)
+    assert src.audio_bitrate == 96000 and hasattr(src, "on_audio")
+
+
+def archive_frames(data: bytes):
+    """(video [(ms, AVCC bytes)], audio [(ms, bytes)], audio config) of an archived MKV, read with PyAV."""
+    with av.open(io.BytesIO(data)) as c:
+        v, a = c.streams.video[0], c.streams.audio[0]
+        asc = bytes(a.codec_context.extradata or b"")
+        vid, aud = [], []
+        for p in c.demux(v, a):
+            if p.size and p.pts is not None:
+                (vid if p.stream is v else aud).append((int(p.pts * p.time_base * 1_000_000_000), bytes(p)))
+    return vid, aud, asc
+
+
+@pytest.mark.timeout(240)
+def test_rtsp_camera_with_aac_through_run_into_the_emulator(emulator, units, aac_track, tmp_path):
+    emulator.create_stream("cam")
+    cam = RtspCamera(units, fps=FPS, audio=aac_track).start()
+    data = config_dict(emulator, tmp_path / "buf", source={"type": "rtsp", "uri": cam.url,
+                                                           "audio": {"device": "auto"}})
+    cfg = write_config(tmp_path / "c.yaml", data)
+    proc = subprocess.Popen([sys.executable, "-m", "kvs_edge", "run", "--config", str(cfg)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        def span_s():
+            e = emulator.archive("cam")
+            return len(e) > 3 and (e[-1].producer_ts_ms - e[0].producer_ts_ms) / 1000 >= 4
+
+        wait_until(lambda: span_s() or proc.poll() is not None, 120, "4 s of the camera archived")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        cam.drop()
+    assert proc.returncode == 0, err
+    files = emulator.archive_files("cam")
+    assert len(files) == 1, files  # one session: the audio never went missing
+    vid, aud, asc = archive_frames(Path(files[0]).read_bytes())
+    assert asc == aac_track.config  # both tracks, the camera's AAC config untouched
+    errors = av_errors_ms(video_offsets(units, vid, avcc=True), audio_offsets(aac_track, aud))  # every audio frame
+    print(f"archive: {len(vid)} video, {len(aud)} audio frames; A/V offset error min {min(errors):.2f} "
+          f"max {max(errors):.2f} ms")
+    assert max(abs(e) for e in errors) <= MAX_OFFSET_ERROR_MS, errors
