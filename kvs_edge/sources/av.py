@@ -368,11 +368,14 @@ class StreamSource(InputAudio, Source):
                  open_timeout: float = 10.0, read_timeout: float = 5.0, backoff_initial: float = LIVE_SOURCE.base_s,
                  backoff_max: float = LIVE_SOURCE.cap_s, clock: Clock | None = None,
                  fatal_open: Callable[[BaseException], SourceError | None] | None = None,
-                 rng: random.Random | None = None, audio_bitrate: int = 64000) -> None:
+                 rng: random.Random | None = None, audio_bitrate: int = 64000, audio_sync_wait_s: float = 10.0) -> None:
         super().__init__()
         self.audio_bitrate = audio_bitrate
         self.audio_waiting = 0  # audio packets dropped: before the first key frame or the first RTCP Sender Report
+        self.audio_sync_wait_s = audio_sync_wait_s  # no Sender Report for this long: one warning line
         self._audio_last = -1
+        self._unsynced_since: int | None = None
+        self._no_rtcp_warned = False
         self.url = url
         self.name = name
         self.format = format
@@ -479,7 +482,16 @@ class StreamSource(InputAudio, Source):
             return
         if offset is None or not rtcp_synced:
             self.audio_waiting += 1
+            now = self.clock.monotonic_ns()
+            self._unsynced_since = self._unsynced_since or now
+            if not rtcp_synced and not self._no_rtcp_warned \
+                    and now - self._unsynced_since > self.audio_sync_wait_s * 1e9:
+                self._no_rtcp_warned = True
+                log.warning("%s: no RTCP Sender Report for %g s: its audio cannot be synchronized with the video; "
+                            "sending video only until one comes (check the camera's RTCP setting)", self.name,
+                            self.audio_sync_wait_s)
             return
+        self._unsynced_since = None
         try:
             frames = self.audio.feed(packet, _media_ns(packet, packet.stream.time_base))
         except AudioUnusable as e:

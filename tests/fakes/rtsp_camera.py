@@ -30,7 +30,8 @@ NTP_EPOCH_OFFSET = 2_208_988_800  # seconds from 1900 (NTP) to 1970
 
 
 class RtpAudio:
-    """An audio track to serve: kind "aac" (frames: raw AAC, config: the AudioSpecificConfig), "aac-noconfig" (same
+    """An audio track to serve: kind "aac" (frames: raw AAC, config: the AudioSpecificConfig), "latm" (the same AAC
+    as MP4A-LATM, RFC 3016, config in the SDP as a StreamMuxConfig: what many cameras send), "aac-noconfig" (AAC
     payload, no config in the SDP) or "pcma" (frames: A-law bytes, `spf` samples each)."""
 
     def __init__(self, kind: str, frames: list[bytes], rate: int, spf: int, *, channels: int = 1,
@@ -44,6 +45,10 @@ class RtpAudio:
     def sdp(self) -> list[str]:
         if self.kind == "pcma":
             return ["m=audio 0 RTP/AVP 8", f"a=rtpmap:8 PCMA/{self.rate}", "a=control:trackID=1"]
+        if self.kind == "latm":
+            return ["m=audio 0 RTP/AVP 98", f"a=rtpmap:98 MP4A-LATM/{self.rate}/{self.channels}",
+                    f"a=fmtp:98 profile-level-id=15;object=2;cpresent=0;config={stream_mux_config(self.config).hex()}",
+                    "a=control:trackID=1"]
         fmtp = "streamtype=5;profile-level-id=1;mode=AAC-hbr;sizelength=13;indexlength=3;indexdeltalength=3"
         if self.kind == "aac":
             fmtp += f";config={self.config.hex()}"
@@ -54,9 +59,20 @@ class RtpAudio:
         frame = self.frames[j % len(self.frames)]
         if self.kind == "pcma":
             payload, pt = frame, 8
+        elif self.kind == "latm":  # RFC 3016 / ISO 14496-3 PayloadLengthInfo (255, 255, ..., rest) + PayloadMux
+            payload, pt = b"\xff" * (len(frame) // 255) + bytes([len(frame) % 255]) + frame, 98
         else:  # RFC 3640 3.2: AU-headers-length (bits), one AU-header: 13 bits size, 3 bits index
             payload, pt = struct.pack("!HH", 16, len(frame) << 3) + frame, 97
         return struct.pack("!BBHII", 0x80, 0x80 | pt, seq & 0xFFFF, timestamp & 0xFFFFFFFF, ssrc) + payload
+
+
+def stream_mux_config(asc: bytes) -> bytes:
+    """ISO 14496-3 StreamMuxConfig for one program, one layer, audioMuxVersion 0: the SDP `config` of MP4A-LATM."""
+    bits = "0" "1" "000000" "0000" "000"  # audioMuxVersion, allStreamsSameTimeFraming, numSubFrames, numProgram, Layer
+    bits += "".join(f"{b:08b}" for b in asc)  # AudioSpecificConfig
+    bits += "000" "11111111" "0" "0"  # frameLengthType 0, latmBufferFullness, otherDataPresent, crcCheckPresent
+    bits += "0" * (-len(bits) % 8)
+    return int(bits, 2).to_bytes(len(bits) // 8, "big")
 
 
 def sender_report(ssrc: int, wall_s: float, rtp_ts: int, packets: int, octets: int) -> bytes:
@@ -109,8 +125,9 @@ def rtp_packets(nals: list[bytes], seq: int, timestamp: int, ssrc: int = 0x4B565
 
 class RtspCamera:
     def __init__(self, units: list[bytes], fps: int = 30, host: str = "127.0.0.1", port: int = 0,
-                 path: str = "stream1", audio: RtpAudio | None = None) -> None:
+                 path: str = "stream1", audio: RtpAudio | None = None, rtcp: bool = True) -> None:
         self.units = units
+        self.rtcp = rtcp  # False: no Sender Reports (a camera that cannot give the tracks a common time line)
         self.audio = audio
         self.audio_sent = 0
         self.fps = fps
@@ -277,7 +294,7 @@ class RtspCamera:
                     t0 = time.monotonic() - i / self.fps
                     continue
                 now_media = time.monotonic() - t0
-                if now_media >= next_sr:  # a Sender Report per track: the same instant on both RTP clocks
+                if self.rtcp and now_media >= next_sr:  # a Sender Report per track: the same instant on both RTP clocks
                     with send_lock:
                         send(1, sender_report(v_ssrc, wall0 + now_media, v_base + round(now_media * 90000), i, 0))
                         if audio is not None:
