@@ -10,6 +10,9 @@
   cannot fix (another codec, a device that does not exist) set `error`.
 
 Another codec than H.264 gets one line naming the codec and what to do. URLs are shown with any password masked.
+
+The audio of a file or an RTSP camera (InputAudio, when the pipeline sets `on_audio`) is the one thing that may be
+re-encoded: AAC with a valid config passes through, anything else becomes AAC-LC (sources/aac_input.py).
 """
 
 from __future__ import annotations
