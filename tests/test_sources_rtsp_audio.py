@@ -94,9 +94,11 @@ def latm_track(aac_track):
     return track
 
 
-def read_live(url: str, seconds: float, **kw):
-    """Run the RTSP source with audio for `seconds` of delivered video: (source, video frames, audio frames)."""
-    src = rtsp_source(SimpleNamespace(uri=url), **kw)
+def read_live(units, track: RtpAudio, seconds: float, *, rtcp: bool = True, **kw):
+    """Serve `track` beside the video and run the RTSP source with audio for `seconds` of delivered video:
+    (camera url, source, video frames, audio frames)."""
+    cam = RtspCamera(units, fps=FPS, audio=track, rtcp=rtcp).start()
+    src = rtsp_source(SimpleNamespace(uri=cam.url), **kw)
     video, audio = [], []
     src.on_audio = audio.append
     src.start(video.append)
@@ -104,8 +106,9 @@ def read_live(url: str, seconds: float, **kw):
         wait_until(lambda: len(video) >= seconds * FPS or src.error, 60, f"{seconds} s of video")
     finally:
         src.stop(timeout=5.0)
+        cam.drop()
     assert src.error is None, src.error
-    return src, video, audio
+    return cam.url, src, video, audio
 
 
 def video_offsets(units, frames: list[tuple[int, bytes]], avcc: bool = False) -> list[tuple[int, int]]:
@@ -141,11 +144,7 @@ def pairs(frames) -> list[tuple[int, bytes]]:
 @pytest.mark.timeout(120)
 def test_rtsp_aac_is_passed_through_with_every_frame_in_sync(units, aac_track, caplog):
     caplog.set_level(logging.INFO)
-    cam = RtspCamera(units, fps=FPS, audio=aac_track).start()
-    try:
-        src, video, audio = read_live(cam.url, 4)
-    finally:
-        cam.drop()
+    url, src, video, audio = read_live(units, aac_track, 4)
     assert "AAC passed through" in caplog.text and src.audio_error is None
     assert src.audio.asc == aac_track.config  # the camera's own config, 2 bytes
     assert aac.parse_asc(src.audio.asc).sample_rate == 48000
@@ -166,11 +165,7 @@ def test_rtsp_g711_and_latm_are_transcoded_to_aac_in_sync(units, pcma_track, lat
     track = {"pcma": pcma_track, "latm": latm_track}[kind]
     rate = track.rate
     caplog.set_level(logging.INFO)
-    cam = RtspCamera(units, fps=FPS, audio=track).start()
-    try:
-        src, video, audio = read_live(cam.url, 4)
-    finally:
-        cam.drop()
+    url, src, video, audio = read_live(units, track, 4)
     assert f"{codec} transcoded to AAC-LC" in caplog.text and src.audio_error is None
     asc = aac.parse_asc(src.audio.asc)
     assert len(src.audio.asc) == 2 and (asc.sample_rate, asc.channels) == (rate, 1)
@@ -202,15 +197,11 @@ def test_rtsp_g711_and_latm_are_transcoded_to_aac_in_sync(units, pcma_track, lat
 @pytest.mark.timeout(120)
 def test_rtsp_audio_that_cannot_be_used_is_one_line_and_the_video_flows(units, aac_track, caplog):
     broken = RtpAudio("aac-noconfig", aac_track.frames, 48000, 1024, start_s=AUDIO_START_S)  # no config, no ADTS
-    cam = RtspCamera(units, fps=FPS, audio=broken).start()
-    try:
-        src, video, audio = read_live(cam.url, 3)
-    finally:
-        cam.drop()
+    url, src, video, audio = read_live(units, broken, 3)
     assert audio == [] and len(video) >= 3 * FPS
     video_offsets(units, pairs(video))  # every video frame, in order
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert warnings == [f"{cam.url}: AAC audio with neither a config nor ADTS headers: remux it; sending video only"]
+    assert warnings == [f"{url}: AAC audio with neither a config nor ADTS headers: remux it; sending video only"]
     assert src.audio_error and "\n" not in src.audio_error
 
 
@@ -218,14 +209,10 @@ def test_rtsp_audio_that_cannot_be_used_is_one_line_and_the_video_flows(units, a
 def test_rtsp_audio_without_rtcp_sender_reports_is_not_guessed(units, aac_track, caplog):
     """Without Sender Reports FFmpeg starts each track's time line at its own first packet: the A/V offset is
     unknown, so no audio goes out (rather than audio off by the input's offset), with one line saying why."""
-    cam = RtspCamera(units, fps=FPS, audio=aac_track, rtcp=False).start()
-    try:
-        src, video, audio = read_live(cam.url, 3, audio_sync_wait_s=1.0)
-    finally:
-        cam.drop()
+    url, src, video, audio = read_live(units, aac_track, 3, rtcp=False, audio_sync_wait_s=1.0)
     assert audio == [] and src.audio_waiting > 0 and len(video) >= 3 * FPS
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert warnings == [f"rtsp {cam.url}: no RTCP Sender Report for 1 s: its audio cannot be synchronized with the "
+    assert warnings == [f"rtsp {url}: no RTCP Sender Report for 1 s: its audio cannot be synchronized with the "
                         "video; sending video only until one comes (check the camera's RTCP setting)"]
 
 
