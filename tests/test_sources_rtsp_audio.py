@@ -201,7 +201,8 @@ def test_rtsp_audio_that_cannot_be_used_is_one_line_and_the_video_flows(units, a
     assert audio == [] and len(video) >= 3 * FPS
     video_offsets(units, pairs(video))  # every video frame, in order
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert warnings == [f"{url}: AAC audio with neither a config nor ADTS headers: remux it; sending video only"]
+    assert warnings == [f"{url}: AAC audio with neither a config nor ADTS headers: remux a file, or set a camera's audio to AAC or "
+                        "G.711; sending video only"]
     assert src.audio_error and "\n" not in src.audio_error
 
 

@@ -69,7 +69,8 @@ class AacFromStream:
             return [(data, media_ns)] if media_ns is not None else []
         if self.mode == "adts":
             if not aac.is_adts(data):
-                raise AudioUnusable(f"{self.what}: AAC audio with neither a config nor ADTS headers: remux it")
+                raise AudioUnusable(f"{self.what}: AAC audio with neither a config nor ADTS headers: remux a file, "
+                                    "or set a camera's audio to AAC or G.711")
             try:
                 asc, frames = aac.split_adts(data)
             except aac.AacError as e:
