@@ -6,7 +6,11 @@ STAMP  := $(VENV)/.installed
 # Debian tools some tests use (unit checks, shell lint); installed with apt when missing (CI runs as root).
 APT_TOOLS := shellcheck:shellcheck systemd-analyze:systemd
 
-.PHONY: test demo venv tools bench image-test clean
+# The VM test bed's host tools (make vm-test).
+VM_APT_TOOLS := qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils socat:socat mkfs.vfat:dosfstools \
+	mcopy:mtools debootstrap:debootstrap
+
+.PHONY: test demo venv tools bench image-test vm-test clean
 
 venv: $(STAMP)
 
@@ -45,6 +49,14 @@ bench: $(STAMP)
 # then checked inside it (see docs/image.md). Needs root; installs debootstrap/qemu-user-static/binfmt-support.
 image-test: $(STAMP)
 	bash image-build/image-test.sh
+
+# kvs-edge in a QEMU machine (TCG): systemd as PID 1, v4l2loopback/vivid, link loss, power cuts (docs/vm-test.md).
+# Needs root; the disk is cached in /var/cache/kvs-edge-vm-{base,disk}-KEY, keyed by its inputs.
+vm-test: $(STAMP)
+	@$(MAKE) --no-print-directory tools APT_TOOLS="$(VM_APT_TOOLS)"
+	@start=$$(date +%s); image=$$(bash image-build/vm/build-image.sh) && \
+	  $(PY) tests/vm/run.py "$$image"; rc=$$?; \
+	  echo "vm-test: make vm-test took $$(( $$(date +%s) - start )) s"; exit $$rc
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

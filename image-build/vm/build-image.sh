@@ -5,7 +5,7 @@
 #
 # Two cached layers, each keyed by its inputs and rebuilt only when they change:
 #   $CACHE_ROOT/kvs-edge-vm-base-KEY   the debootstrap tree (packages below, the v4l2loopback module)
-#   $CACHE_ROOT/kvs-edge-vm-KEY        disk.img (ext4, made with mkfs.ext4 -d), vmlinuz, initrd.img: the base tree
+#   $CACHE_ROOT/kvs-edge-vm-disk-KEY   disk.img (ext4, made with mkfs.ext4 -d), vmlinuz, initrd.img: the base tree
 #                                      + kvs-edge from this checkout + the test harness units of image-build/vm/image
 # Prints the second folder on its last line. Needs root (debootstrap, chroot, mount) and the Debian archive and PyPI.
 #
@@ -49,7 +49,7 @@ remove_tree() {
     [ -z "$(mounts_under "$1")" ] || die "$1 is still mounted; not removing it"
     rm -rf --one-file-system "$1"
 }
-# Keep only the newest entry of a cache family: each is 1-2 GB.
+# Keep only the newest entry of a cache family (kvs-edge-vm-base, kvs-edge-vm-disk): each is 1-2 GB.
 drop_others() {
     local family=$1 keep=$2 old
     for old in "$CACHE_ROOT/$family"-*; do
@@ -95,7 +95,8 @@ if [ "${#need[@]}" -gt 0 ]; then
     apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         "${need[@]}" >/dev/null || die "apt-get install ${need[*]} failed"
 fi
-mkdir -p "$CACHE_ROOT"
+LOGS=$CACHE_ROOT/kvs-edge-vm-logs
+mkdir -p "$CACHE_ROOT" "$LOGS"
 exec 9>"$CACHE_ROOT/kvs-edge-vm.lock"
 flock -w 1800 9 || die "another vm-test holds $CACHE_ROOT/kvs-edge-vm.lock"
 
@@ -112,20 +113,20 @@ else
     t=$SECONDS
     include=$(IFS=,; echo "${SYSTEM_PACKAGES[*]}")
     if ! debootstrap --arch=amd64 --variant=minbase --include="$include" "$SUITE" "$BASE.partial" "$MIRROR" \
-        >"$CACHE_ROOT/kvs-edge-vm-debootstrap.log" 2>&1; then
-        tail -n 20 "$CACHE_ROOT/kvs-edge-vm-debootstrap.log" >&2
-        die "debootstrap failed (log: $CACHE_ROOT/kvs-edge-vm-debootstrap.log)"
+        >"$LOGS/debootstrap.log" 2>&1; then
+        tail -n 20 "$LOGS/debootstrap.log" >&2
+        die "debootstrap failed (log: $LOGS/debootstrap.log)"
     fi
     say "debootstrap done in $((SECONDS - t)) s; building v4l2loopback against the image kernel's headers"
     chroot_mounts "$BASE.partial"
     kver=$(basename "$(ls -d "$BASE.partial"/lib/modules/*/ | tail -n 1)")
     in_tree "$BASE.partial" apt-get install -y -qq --no-install-recommends "${MODULE_PACKAGES[@]}" \
-        >"$CACHE_ROOT/kvs-edge-vm-dkms.log" 2>&1 || { tail -n 30 "$CACHE_ROOT/kvs-edge-vm-dkms.log" >&2;
+        >"$LOGS/dkms.log" 2>&1 || { tail -n 30 "$LOGS/dkms.log" >&2;
         die "installing ${MODULE_PACKAGES[*]} failed"; }
     # dkms builds for the running kernel by default: this machine's, not the image's.
-    in_tree "$BASE.partial" dkms autoinstall -k "$kver" >>"$CACHE_ROOT/kvs-edge-vm-dkms.log" 2>&1 || true
+    in_tree "$BASE.partial" dkms autoinstall -k "$kver" >>"$LOGS/dkms.log" 2>&1 || true
     in_tree "$BASE.partial" modinfo -k "$kver" v4l2loopback >/dev/null 2>&1 ||
-        { tail -n 30 "$CACHE_ROOT/kvs-edge-vm-dkms.log" >&2; die "v4l2loopback did not build for $kver"; }
+        { tail -n 30 "$LOGS/dkms.log" >&2; die "v4l2loopback did not build for $kver"; }
     in_tree "$BASE.partial" modinfo -k "$kver" vivid >/dev/null 2>&1 || die "the image kernel $kver has no vivid module"
     in_tree "$BASE.partial" apt-get clean
     unmount_under "$BASE.partial"
@@ -141,19 +142,20 @@ inputs() {
         LC_ALL=C sort | xargs sha256sum)
 }
 ikey=$( { echo "$bkey"; inputs; } | sha256sum | cut -c1-12)
-IMAGE=$CACHE_ROOT/kvs-edge-vm-$ikey
+IMAGE=$CACHE_ROOT/kvs-edge-vm-disk-$ikey
 if [ -f "$IMAGE.ok" ] && [ -f "$IMAGE/disk.img" ]; then
     say "disk: cached $IMAGE"
     echo "$IMAGE"
     exit 0
 fi
-drop_others kvs-edge-vm "$IMAGE"
+drop_others kvs-edge-vm-disk "$IMAGE"
 t=$SECONDS
 WORK=$(mktemp -d /var/tmp/kvs-edge-vm-image.XXXXXX)
 ROOT=$WORK/root
 mkdir -p "$WORK/upper" "$WORK/ovl-work" "$ROOT"
-mount -t overlay overlay -o "lowerdir=$BASE,upperdir=$WORK/upper,workdir=$WORK/ovl-work" "$ROOT" ||
-    die "cannot mount an overlay on $BASE"
+if ! mount -t overlay overlay -o "lowerdir=$BASE,upperdir=$WORK/upper,workdir=$WORK/ovl-work" "$ROOT" 2>/dev/null; then
+    cp -a --reflink=auto "$BASE/." "$ROOT/"   # no overlayfs here (a container): a copy
+fi
 chroot_mounts "$ROOT"
 PYVER=$(in_tree "$ROOT" python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 GLIBC=$(in_tree "$ROOT" getconf GNU_LIBC_VERSION | awk '{print $2}')
@@ -187,7 +189,7 @@ mkdir -p "$IMAGE.partial"
 cp "$ROOT/boot/vmlinuz-$kver" "$IMAGE.partial/vmlinuz"
 cp "$ROOT/boot/initrd.img-$kver" "$IMAGE.partial/initrd.img"
 rm -rf "$ROOT/var/tmp/kvs-edge-install"
-mkfs.ext4 -q -L kvs-edge-root -d "$ROOT" "$IMAGE.partial/disk.img" "$DISK_SIZE" || die "mkfs.ext4 -d failed"
+mkfs.ext4 -q -L kvs-edge-root -d "$ROOT" "$IMAGE.partial/disk.img" "$DISK_SIZE" >&2 || die "mkfs.ext4 -d failed"
 printf '{"kernel": "%s", "base": "%s", "python": "%s"}\n' "$kver" "$BASE" "$PYVER" >"$IMAGE.partial/info.json"
 rm -rf "$IMAGE"
 mv "$IMAGE.partial" "$IMAGE"

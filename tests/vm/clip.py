@@ -51,7 +51,7 @@ def make_clip(path: Path, *, width: int = 320, height: int = 240, fps: int = 15,
     units: list[bytes] = []
     total = fps * seconds
     for i in range(total):
-        vf = av.VideoFrame.from_ndarray(pattern.render(i, f"clip {i:04d}"), format="yuv420p")
+        vf = av.VideoFrame.from_ndarray(pattern.render(i, f"{i:04d}"), format="yuv420p")
         vf.pts = i
         units += [bytes(p) for p in enc.encode(vf)]
     units += [bytes(p) for p in enc.encode(None)]
