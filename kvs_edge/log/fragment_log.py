@@ -81,6 +81,7 @@ class FragmentInfo:
     size: int
     frames: int
     complete: bool
+    salvaged: bool = False  # recovered without its END record: the first `frames` frames of a fragment cut short
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +107,7 @@ def read_boot_id() -> str:
 
 class _Frag:
     __slots__ = ("seq", "header_id", "boot_id", "first_ms", "last_ms", "size", "frames", "complete", "completed_at",
-                 "crc", "segment", "disk_start", "offsets", "ends", "buf")
+                 "crc", "segment", "disk_start", "offsets", "ends", "buf", "salvaged")
 
     def __init__(self, seq: int, header_id: int, boot_id: str, first_ms: int) -> None:
         self.seq = seq
@@ -124,10 +125,11 @@ class _Frag:
         self.offsets = array("Q")
         self.ends = array("Q")
         self.buf: bytearray | None = None  # the bytes, while being written and for memory fragments
+        self.salvaged = False
 
     def info(self) -> FragmentInfo:
         return FragmentInfo(self.seq, self.header_id, self.boot_id, self.first_ms, self.last_ms, self.size,
-                            self.frames, self.complete)
+                            self.frames, self.complete, self.salvaged)
 
 
 class _Seg:
@@ -259,7 +261,7 @@ class FragmentLog:
             self._headers.update(scan.headers)
             self._next_seq = max(self._next_seq, scan.max_seq + 1, int(name[:20]) + 1)
         released = {s for _, _, _, scan in scans for s in scan.releases}
-        cut = kept = 0
+        cut = kept = salvaged = 0
         now = self._clock()
         for name, p, flen, scan in scans:
             live = [f for f in scan.fragments if f.seq not in released and f.seq not in self._frags]
@@ -284,6 +286,8 @@ class FragmentLog:
                 fr = _Frag(sf.seq, sf.header_id, sf.boot_id, sf.first_ms)
                 fr.last_ms, fr.size, fr.frames, fr.crc = sf.last_ms, sf.size, sf.frames, sf.crc
                 fr.complete = True
+                fr.salvaged = sf.salvaged
+                salvaged += sf.salvaged
                 fr.segment = seg
                 fr.offsets, fr.ends = sf.offsets, sf.ends
                 self._frags[sf.seq] = fr
@@ -294,8 +298,8 @@ class FragmentLog:
             self._header_ids.setdefault(data, hid)
         self._next_header_id = max(self._headers, default=-1) + 1
         if scans:
-            log.info("buffer at %s: %d fragments waiting (%d bytes), %d torn segment tails cut", self._path, kept,
-                     self._disk_bytes, cut)
+            log.info("buffer at %s: %d fragments waiting (%d bytes), %d torn segment tails cut, %d fragments cut "
+                     "short kept with their whole frames", self._path, kept, self._disk_bytes, cut, salvaged)
         if self._disk_bytes > self._max_bytes:
             self._make_room(0)
 

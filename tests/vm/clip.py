@@ -4,7 +4,8 @@ fragment). Written in the feeder's format (image-build/vm/guest/feeder.py): a JS
 4-byte big-endian length and its Annex B bytes.
 
 Every picture differs (the counter and a moving square), so the slice data identifies a frame of the clip: the
-archive check (archive.py) knows, for every frame KVS stored, which clip frame it was.
+archive check (archive.py) knows, for every frame KVS stored, which clip frame it was. The length of the clip is a
+whole number of key-frame intervals, so that playing it in a loop keeps one IDR every `keyint_seconds`.
 """
 
 from __future__ import annotations
@@ -61,7 +62,8 @@ def make_clip(path: Path, *, width: int = 320, height: int = 240, fps: int = 15,
     if len(keys) != total:
         raise RuntimeError("two pictures of the clip have the same slice data: frames could not be told apart")
     with open(path, "wb") as f:
-        f.write(json.dumps({"width": width, "height": height, "fps": fps, "frames": total}).encode() + b"\n")
+        f.write(json.dumps({"width": width, "height": height, "fps": fps, "frames": total,
+                            "keyint": keyint}).encode() + b"\n")
         for u in units:
             f.write(struct.pack(">I", len(u)) + u)
     return keys

@@ -4,8 +4,11 @@ feeder.py DEVICE CLIP READY_FILE. CLIP (made on the host by image-build/vm/clip.
 {"width", "height", "fps", "frames"} then, per access unit, a 4-byte big-endian length and the Annex B bytes (SPS and
 PPS before every IDR). The device is set to H.264 output at the clip's size (VIDIOC_S_FMT on the OUTPUT queue, as
 FFmpeg's v4l2 output device does), then each access unit is one write(): one buffer, timestamped by the driver.
-The clip loops; the schedule is absolute (no drift), and restarts when the writer falls behind by over a second.
-Nothing is encoded here: the guest runs 20-30x slower than the host.
+The clip plays as if it had been running since the epoch: frame i of the clip is written at the moments t with
+floor(t * fps) = i (mod the clip's length), so across a reboot or a restart of the feeder the clip frame tells the
+time, and the check on the host counts lost frames exactly. It starts at the next key frame (a decoder needs one)
+and keeps an absolute schedule (no drift); when the writer falls behind by over a second it goes back to the clip
+frame of the current time, at the next key frame. Nothing is encoded here: the guest runs 20-30x slower than the host.
 """
 import fcntl
 import json
@@ -38,24 +41,26 @@ def main(device, clip, ready):
     struct.pack_into("IIIIII", fmt, 8, header["width"], header["height"], V4L2_PIX_FMT_H264, V4L2_FIELD_NONE, 0,
                      max(len(u) for u in units) * 2)
     fcntl.ioctl(fd, VIDIOC_S_FMT, fmt)
-    period = 1.0 / header["fps"]
-    t0, n, written = time.monotonic(), 0, 0
+    fps, n_units, keyint = header["fps"], len(units), header["keyint"]
+    written = 0
     while True:
-        for unit in units:
-            late = time.monotonic() - (t0 + n * period)
+        # the next key frame of the clip played since the epoch, and the wall-clock moment it is due
+        tick = int(time.time() * fps) + 1
+        tick += -tick % keyint  # the clip's length is a whole number of key-frame intervals
+        while True:
+            late = time.time() - tick / fps
             if late > 1.0:
-                print(f"feeder: {late:.1f} s behind: schedule restarted", flush=True)
-                t0, n = time.monotonic(), 0
-            elif late < 0:
+                print(f"feeder: {late:.1f} s behind: back to the clip frame of the current time", flush=True)
+                break
+            if late < 0:
                 time.sleep(-late)
-            os.write(fd, unit)
-            n += 1
+            os.write(fd, units[tick % n_units])
+            tick += 1
             written += 1
             if written == 1:
                 open(ready, "w").close()
-            if written % (header["fps"] * 30) == 0:
+            if written % (fps * 30) == 0:
                 print(f"feeder: {written} frames written", flush=True)
-
 
 if __name__ == "__main__":
     main(*sys.argv[1:4])
