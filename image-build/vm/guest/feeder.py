@@ -33,14 +33,26 @@ def main(device, clip, ready):
         (n,) = struct.unpack_from(">I", data, pos)
         units.append(data[pos + 4:pos + 4 + n])
         pos += 4 + n
-    fd = os.open(device, os.O_RDWR)
-    fmt = bytearray(208)  # struct v4l2_format: u32 type, then the union at offset 8
-    struct.pack_into("I", fmt, 0, V4L2_BUF_TYPE_VIDEO_OUTPUT)
-    fcntl.ioctl(fd, VIDIOC_G_FMT, fmt)
-    # struct v4l2_pix_format: width, height, pixelformat, field, bytesperline, sizeimage, ...
-    struct.pack_into("IIIIII", fmt, 8, header["width"], header["height"], V4L2_PIX_FMT_H264, V4L2_FIELD_NONE, 0,
-                     max(len(u) for u in units) * 2)
-    fcntl.ioctl(fd, VIDIOC_S_FMT, fmt)
+    # A reader that opened the device while no writer was there (the service restarting after the camera stopped)
+    # holds it in capture mode for a moment: the output format is refused (EINVAL/EBUSY) until it lets go.
+    deadline = time.monotonic() + 120
+    while True:
+        fd = os.open(device, os.O_RDWR)
+        fmt = bytearray(208)  # struct v4l2_format: u32 type, then the union at offset 8
+        struct.pack_into("I", fmt, 0, V4L2_BUF_TYPE_VIDEO_OUTPUT)
+        try:
+            fcntl.ioctl(fd, VIDIOC_G_FMT, fmt)
+            # struct v4l2_pix_format: width, height, pixelformat, field, bytesperline, sizeimage, ...
+            struct.pack_into("IIIIII", fmt, 8, header["width"], header["height"], V4L2_PIX_FMT_H264,
+                             V4L2_FIELD_NONE, 0, max(len(u) for u in units) * 2)
+            fcntl.ioctl(fd, VIDIOC_S_FMT, fmt)
+            break
+        except OSError as e:
+            os.close(fd)
+            if time.monotonic() > deadline:
+                raise
+            print(f"feeder: {device} refuses the output format ({e.strerror}): retrying", flush=True)
+            time.sleep(0.2)
     fps, n_units, keyint = header["fps"], len(units), header["keyint"]
     written = 0
     while True:
