@@ -34,21 +34,6 @@ mapfile -t stage_packages < <(sed 's/#.*//' "$REPO/image-build/pi-gen/stage-kvs-
 SYSTEM_PACKAGES=(systemd-sysv udev dbus kmod iproute2 linux-image-amd64 v4l-utils "${stage_packages[@]}")
 MODULE_PACKAGES=(linux-headers-amd64 dkms v4l2loopback-dkms)
 
-mounts_under() {
-    local dir
-    dir=$(realpath -m "$1")
-    awk -v d="$dir" '$2 == d || index($2, d "/") == 1 { print $2 }' /proc/self/mounts | sort -r
-}
-unmount_under() {
-    local m
-    for m in $(mounts_under "$1"); do umount "$m" 2>/dev/null || umount -l "$m"; done
-}
-remove_tree() {
-    [ -e "$1" ] || return 0
-    unmount_under "$1"
-    [ -z "$(mounts_under "$1")" ] || die "$1 is still mounted; not removing it"
-    rm -rf --one-file-system "$1"
-}
 # Keep only the newest entry of a cache family (kvs-edge-vm-base, kvs-edge-vm-disk): each is 1-2 GB.
 drop_others() {
     local family=$1 keep=$2 old
@@ -86,14 +71,19 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 [ "$(id -u)" = 0 ] || die "must run as root (debootstrap, mount, chroot): sudo make vm-test"
+# mounts_under, unmount_under, remove_tree
+# shellcheck source=image-build/mounts.sh
+. "$REPO/image-build/mounts.sh"
 [ -x "$HOST_PY" ] || die "no $HOST_PY: run make venv first"
 need=()
 command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
 if [ "${#need[@]}" -gt 0 ]; then
     say "installing ${need[*]} with apt"
-    apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        "${need[@]}" >/dev/null || die "apt-get install ${need[*]} failed"
+    if ! { apt-get update -qq >/dev/null &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null; }; then
+        die "apt-get install ${need[*]} failed"
+    fi
 fi
 LOGS=$CACHE_ROOT/kvs-edge-vm-logs
 mkdir -p "$CACHE_ROOT" "$LOGS"
@@ -119,7 +109,7 @@ else
     fi
     say "debootstrap done in $((SECONDS - t)) s; building v4l2loopback against the image kernel's headers"
     chroot_mounts "$BASE.partial"
-    kver=$(basename "$(ls -d "$BASE.partial"/lib/modules/*/ | tail -n 1)")
+    kver=$(find "$BASE.partial/lib/modules" -mindepth 1 -maxdepth 1 -printf '%f\n' | sort | tail -n 1)
     in_tree "$BASE.partial" apt-get install -y -qq --no-install-recommends "${MODULE_PACKAGES[@]}" \
         >"$LOGS/dkms.log" 2>&1 || { tail -n 30 "$LOGS/dkms.log" >&2;
         die "installing ${MODULE_PACKAGES[*]} failed"; }
@@ -183,7 +173,7 @@ in_tree "$ROOT" systemctl mask --quiet apt-daily.timer apt-daily-upgrade.timer e
     2>/dev/null || true
 echo kvs-edge-vm >"$ROOT/etc/hostname"
 echo 6b76732d656467652d766d2d74657374 >"$ROOT/etc/machine-id"
-kver=$(basename "$(ls -d "$ROOT"/lib/modules/*/ | tail -n 1)")
+kver=$(find "$ROOT/lib/modules" -mindepth 1 -maxdepth 1 -printf '%f\n' | sort | tail -n 1)
 unmount_under "$ROOT/proc"; unmount_under "$ROOT/sys"; unmount_under "$ROOT/dev"
 mkdir -p "$IMAGE.partial"
 cp "$ROOT/boot/vmlinuz-$kver" "$IMAGE.partial/vmlinuz"

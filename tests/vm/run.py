@@ -168,11 +168,29 @@ def status(vm: Vm) -> tuple[int, dict]:
         return rc, {"error": (err or out).strip()}
 
 
+def boot_streaming(bed: Bed, name: str, stream: str, seconds: float) -> tuple[Vm, dict[str, str]]:
+    """Boot with a config for `stream` on the boot partition; wait for READY, then stream `seconds`."""
+    vm = bed.boot(name, boot_files={"kvs-edge.yaml": config_yaml(stream, bed.emulator.port)})
+    p = wait_active(vm)
+    time.sleep(seconds)
+    return vm, p
+
+
 def drained(r: tuple[int, dict]) -> bool:
     """Healthy and back to the steady state online: the backlog holds only the fragment being written and the one
     waiting for its PERSISTED (the log counts the open fragment too)."""
     rc, st = r
     return rc == 0 and st["backlog"]["seconds"] <= 2 * FRAGMENT_S + 0.5
+
+
+def link_up_and_drain(vm: Vm, what: str, timeout: float) -> float:
+    """Link on; wait until healthy with the backlog drained (then 6 s for the last PERSISTED). Seconds it took."""
+    t_on = time.time()
+    vm.set_link(True)
+    wait_until(f"backlog drained {what}", lambda: drained(status(vm)), timeout, vm=vm)
+    took = time.time() - t_on
+    time.sleep(6)
+    return round(took, 1)
 
 
 def guest_clock_offset(vm: Vm) -> float:
@@ -252,9 +270,7 @@ def s1_boot(bed: Bed, fig: dict) -> None:
 def s2_watchdog(bed: Bed, fig: dict) -> None:
     """SIGSTOP the service: systemd's watchdog kills and restarts it; time to READY again, frames lost."""
     stream = "vm-watchdog"
-    vm = bed.boot("s2", boot_files={"kvs-edge.yaml": config_yaml(stream, bed.emulator.port)})
-    p = wait_active(vm)
-    time.sleep(20)
+    vm, p = boot_streaming(bed, "s2", stream, 20)
     off = guest_clock_offset(vm)
     t_stop = time.time()
     vm.check(f"kill -STOP {p['MainPID']}")
@@ -281,9 +297,7 @@ def s2_watchdog(bed: Bed, fig: dict) -> None:
 def s3_link_loss(bed: Bed, fig: dict) -> None:
     """The link goes down for 60 s: status unhealthy, then healthy again; every frame delivered in order."""
     stream = "vm-link"
-    vm = bed.boot("s3", boot_files={"kvs-edge.yaml": config_yaml(stream, bed.emulator.port)})
-    wait_active(vm)
-    time.sleep(15)
+    vm, _ = boot_streaming(bed, "s3", stream, 15)
     rc, st = status(vm)
     need(rc == 0, f"not healthy before the outage: {st.get('reasons') or st}")
     t_off = time.time()
@@ -295,12 +309,7 @@ def s3_link_loss(bed: Bed, fig: dict) -> None:
     time.sleep(max(0.0, 60 - (time.time() - t_off)))
     rc, st = status(vm)
     fig["backlog after 60 s offline"] = f"{st['backlog']['fragments']} fragments, {st['backlog']['seconds']:.0f} s"
-    t_on = time.time()
-    vm.set_link(True)
-    wait_until("healthy with an empty backlog after the link came back",
-               lambda: drained(status(vm)), 600, vm=vm)
-    fig["link up -> healthy, backlog drained (s)"] = round(time.time() - t_on, 1)
-    time.sleep(6)
+    fig["link up -> healthy, backlog drained (s)"] = link_up_and_drain(vm, "after the link came back", 600)
     frames, rep = stream_figures(bed, stream)
     need(rep.lost == 0, f"{stream}: {rep.lost} frames missing across the outage: {rep.gaps[:3]}")
     fig["frames stored, in order, none missing"] = f"{rep.frames} ({rep.duplicates} duplicates)"
@@ -311,9 +320,7 @@ def s3_link_loss(bed: Bed, fig: dict) -> None:
 def s4_power_cut(bed: Bed, fig: dict) -> None:
     """A power cut during an outage: ext4 recovers, the backlog is intact (at most sync_seconds lost), it drains."""
     stream = "vm-power"
-    vm = bed.boot("s4a", boot_files={"kvs-edge.yaml": config_yaml(stream, bed.emulator.port)})
-    wait_active(vm)
-    time.sleep(10)
+    vm, _ = boot_streaming(bed, "s4a", stream, 10)
     vm.set_link(False)
     time.sleep(25)
     off = guest_clock_offset(vm)
@@ -330,12 +337,7 @@ def s4_power_cut(bed: Bed, fig: dict) -> None:
     need(recovered, f"no buffer recovery line in the journal: {journal(vm2)[-600:]}")
     fig["buffer at restart"] = recovered[0][:160]
     time.sleep(5)
-    t_on = time.time()
-    vm2.set_link(True)
-    wait_until("backlog drained after the power cut",
-               lambda: drained(status(vm2)), 900, vm=vm2)
-    fig["link up -> backlog drained (s)"] = round(time.time() - t_on, 1)
-    time.sleep(6)
+    fig["link up -> backlog drained (s)"] = link_up_and_drain(vm2, "after the power cut", 900)
     frames = bed.frames(stream)
     cut_ms = (t_cut + off) * 1000
     before_cut = [f for f in frames if f[0] <= cut_ms]
@@ -358,9 +360,7 @@ def s5_stall(bed: Bed, fig: dict) -> None:
     """The camera stalls (the feeder is frozen with SIGSTOP: the device stays, frames stop): the service exits, systemd
     restarts it, it recovers when frames return (SIGCONT)."""
     stream = "vm-stall"
-    vm = bed.boot("s5", boot_files={"kvs-edge.yaml": config_yaml(stream, bed.emulator.port)})
-    p = wait_active(vm)
-    time.sleep(10)
+    vm, p = boot_streaming(bed, "s5", stream, 10)
     off = guest_clock_offset(vm)
     t_stop = time.time()
     vm.check("systemctl kill -s SIGSTOP vmtest-feeder")
