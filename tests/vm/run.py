@@ -400,7 +400,7 @@ def s5_stall(bed: Bed, fig: dict) -> None:
     rc, st = status(vm)
     need(rc == 0, f"not healthy after the camera came back: {st.get('reasons') or st}")
     log = journal(vm)
-    stall = [l for l in log.splitlines() if "stall" in l.lower() or "no frame" in l.lower()]
+    stall = [l for l in log.splitlines() if "stalled" in l.lower() or "no frame" in l.lower()]
     fig["journal"] = (stall[0] if stall else "")[:160]
     frames, rep = stream_figures(bed, stream)
     feed_ms = (t_feed + off) * 1000
