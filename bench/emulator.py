@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 from kvs_edge.emulator import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY, Emulator  # noqa: E402
 
-SDK_REF = ROOT.parent / "shared" / "testdata" / "kvs-sdk" / "ref.mkv"
+SDK_REF = ROOT / "tests" / "data" / "kvs-sdk" / "ref.mkv"
 
 
 def build_body(total_bytes: int, frame_bytes: int) -> bytes:

@@ -66,7 +66,7 @@ def work_ours(src: str, dst: str, fps: int) -> dict:
     rss0 = rss_kib()
     reset_peak()
     t0, r0 = time.process_time(), resource.getrusage(resource.RUSAGE_SELF)
-    frag = Fragmenter()
+    frag = Fragmenter(target_ms=2000)
     with open(dst, "wb") as out:
         write = out.write
         for i, (data, key) in enumerate(units):

@@ -17,10 +17,11 @@ from kvs_edge.clock import Timebase
 from kvs_edge.config import Config
 from kvs_edge.kvs.control import ControlPlane, ControlPlaneError, DataEndpoint
 from kvs_edge.kvs.credentials import resolve_credentials
-from kvs_edge.kvs.uploader import (Backoff, Connected, Disconnected, Error, FragmentPersisted, FragmentSkipped,
-                                   Uploader)
+from kvs_edge.kvs.putmedia import SessionEndKind
+from kvs_edge.kvs.uploader import Connected, Disconnected, Error, FragmentSkipped, Uploader
 from kvs_edge.log import FragmentLog
 from kvs_edge.pipeline import Pipeline
+from kvs_edge.retry import STREAM_LOOKUP, Backoff
 from kvs_edge.sources import open_source
 
 log = logging.getLogger(__name__)
@@ -50,17 +51,20 @@ def buffer_cap(buffer: Path, max_bytes: int) -> int:
 class StreamLink:
     """The uploader thread's body: find the stream (with retries), then run the Uploader until stopped.
 
-    Holds the connection state that status, metrics and the journal report.
+    Holds the connection state that status, metrics and the journal report. That state is changed only by
+    `apply_event`, on the thread that drains the pipeline's event queue (the supervisor's): the uploader thread
+    posts its events there and touches nothing but `heartbeat`.
     """
 
-    def __init__(self, app: "Appliance") -> None:
+    def __init__(self, app: "Appliance", events, rng: random.Random | None = None) -> None:
         self.app = app
+        self.events = events  # EventQueue: uploader thread -> supervisor
         self.state = "connecting"  # connecting | connected | offline
         self.since = time.time()
         self.last_error: str | None = None
         self.uploader: Uploader | None = None
         self.heartbeat = time.monotonic()  # the watchdog checks that this thread is not wedged
-        self._rng = random.Random()
+        self._backoff = Backoff.of(STREAM_LOOKUP, rng)
 
     def heartbeat_now(self) -> float:
         """When this thread last showed life: its own loop, an uploader event, or the uploader's loop."""
@@ -79,7 +83,6 @@ class StreamLink:
     def run(self, stop: threading.Event) -> None:
         cfg = self.app.cfg
         control = self.app.control
-        delay = 1.0
         keeps_data = True
         while not stop.is_set():
             self.heartbeat = time.monotonic()
@@ -90,20 +93,21 @@ class StreamLink:
                 keeps_data = int(info.get("DataRetentionInHours") or 0) > 0
                 break
             except ControlPlaneError as e:
-                self._set_state("offline", str(e))
+                delay = self._backoff.next()
+                self.events.post(Disconnected(str(e), SessionEndKind.CONNECTION))
                 log.error("%s (retrying in %.0f s)", e, delay)
             except Exception as e:  # DNS, TLS, a bug: never kill the thread that must keep retrying
-                self._set_state("offline", f"control plane: {e}")
+                delay = self._backoff.next()
+                self.events.post(Disconnected(f"control plane: {e}", SessionEndKind.CONNECTION))
                 log.error("control plane unreachable: %s (retrying in %.0f s)", e, delay)
-            stop.wait(self._rng.uniform(0, delay))
-            delay = min(delay * 2, 60.0)
+            stop.wait(delay)
         if stop.is_set():
             return
         if not keeps_data:
             log.warning("stream %s keeps no data (retention 0): fragments are released on RECEIVED",
                         cfg.stream.name)
         self.uploader = Uploader(
-            self.app.log, stream_name=cfg.stream.name, region=cfg.stream.region,
+            self.app.fragment_log, stream_name=cfg.stream.name, region=cfg.stream.region,
             endpoint=DataEndpoint(control, cfg.stream.name), credentials=self.app.credentials,
             timebase=self.app.timebase, keeps_data=keeps_data, ca_bundle=cfg.aws.ca_bundle,
             stale_after_s=cfg.upload.stale_seconds, max_connection_s=cfg.upload.max_connection_minutes * 60.0,
@@ -111,26 +115,25 @@ class StreamLink:
         self.uploader.run(stop)
 
     def _on_event(self, ev) -> None:
+        """The uploader thread: note that it is alive, and pass the event to the supervisor."""
         self.heartbeat = time.monotonic()
+        self.events.post(ev)
+
+    def apply_event(self, ev) -> None:
+        """The supervisor's thread: the connection state that an uploader event changes."""
         if isinstance(ev, Connected):
             if self.state != "connected":
                 log.info("connected: streaming to %s", self.app.cfg.stream.name)
             self._set_state("connected")
             self.last_error = None
         elif isinstance(ev, Disconnected):
-            if ev.kind != "rotated":
-                self._set_state("offline" if ev.kind in ("connection", "http") else "connecting", ev.reason)
-        elif isinstance(ev, FragmentPersisted):
-            latency = self.app.pipeline.fragment_persisted(ev.seq)
-            if self.app.on_persisted and latency is not None:
-                self.app.on_persisted(latency)
+            if ev.kind is not SessionEndKind.ROTATED:
+                offline = ev.kind in (SessionEndKind.CONNECTION, SessionEndKind.HTTP)
+                self._set_state("offline" if offline else "connecting", ev.reason)
         elif isinstance(ev, FragmentSkipped):
-            self.app.pipeline.counters.fragments_skipped += 1
             self.last_error = f"KVS rejected fragment {ev.seq} ({ev.error_code or ev.error_id})"
         elif isinstance(ev, Error):
             self.last_error = ev.message
-        elif isinstance(ev, Backoff):
-            pass
 
 
 class Appliance:
@@ -147,22 +150,33 @@ class Appliance:
         self.credentials = resolve_credentials(cfg.aws, config_path=config_path, defer=True)
         self.control = ControlPlane(cfg.stream.region, self.credentials, endpoint_url=cfg.aws.endpoint_url,
                                     ca_bundle=cfg.aws.ca_bundle)
-        self.log = FragmentLog(buffer / "log", buffer_cap(buffer, cfg.buffer.max_bytes),
+        self.fragment_log = FragmentLog(buffer / "log", buffer_cap(buffer, cfg.buffer.max_bytes),
                                boot_id=self.timebase.boot_id, sync_interval_s=cfg.buffer.sync_seconds)
         self.source = source or open_source(cfg.source, fragment_seconds=cfg.stream.fragment_seconds,
                                             stall_seconds=cfg.health.stall_seconds)
-        self.link = StreamLink(self)
-        self.pipeline = Pipeline(source=self.source, frag_log=self.log, uploader=self.link,
-                                 fragment_seconds=cfg.stream.fragment_seconds,
-                                 stall_seconds=cfg.health.stall_seconds)
+        self.pipeline = Pipeline(source=self.source, frag_log=self.fragment_log,
+                                 fragment_seconds=cfg.stream.fragment_seconds, stall_seconds=cfg.health.stall_seconds)
+        self.link = StreamLink(self, self.pipeline.events)
+        self.pipeline.uploader = self.link
 
     def start(self) -> None:
         self.timebase.refresh()
         self.pipeline.start()
 
+    def process_events(self) -> int:
+        """The supervisor's thread (the only one that may call it): apply what the muxer and uploader threads
+        posted since the last call, in order. Returns how many events were applied."""
+        events = self.pipeline.events.drain()
+        for ev in events:
+            latency = self.pipeline.apply_event(ev)
+            self.link.apply_event(ev)
+            if latency is not None and self.on_persisted:
+                self.on_persisted(latency)
+        return len(events)
+
     def stop(self, timeout: float = 5.0) -> None:
         self.pipeline.stop(timeout)
         try:
             self.control.close()
-        except Exception:
-            pass
+        except Exception as e:  # nothing is lost (the control plane holds no data), but say why
+            log.warning("closing the KVS control-plane client: %s", e)

@@ -1,10 +1,7 @@
 """The `kvs-edge` command: argument parsing only; each subcommand lives in kvs_edge/commands/<name>.py.
 
-Exit codes shared by all subcommands:
-  0  success
-  1  a runtime failure (network, service, a thread that died): systemd may restart
-  2  unusable input or a bad command line / configuration given to a one-shot command
-  78 (EX_CONFIG) `kvs-edge run` with an invalid configuration: listed in RestartPreventExitStatus
+Exit codes: kvs_edge/errors.py (one table for every command, README "Exit codes"). A KvsEdgeError that a command
+does not handle itself ends it here with its one-line message and its own exit code.
 """
 
 from __future__ import annotations
@@ -14,11 +11,9 @@ import importlib
 import sys
 
 from kvs_edge import __version__
+from kvs_edge.errors import EXIT_CONFIG, EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, KvsEdgeError
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_CONFIG = 78
+__all__ = ["EXIT_CONFIG", "EXIT_FAILURE", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
 
 DEFAULT_CONFIG = "/etc/kvs-edge/config.yaml"
 
@@ -94,8 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(f"kvs_edge.commands.{args.command.replace('-', '_')}")
     try:
         return int(module.main(args) or 0)
+    except KvsEdgeError as e:
+        print(f"kvs-edge {args.command}: {e.message}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

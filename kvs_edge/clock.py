@@ -85,22 +85,38 @@ def current_boot_id() -> str:
 
 
 class Clock(Protocol):
-    """The boundary to the machine's clocks (a fake one in tests)."""
+    """The one boundary to the machine's clocks; `KernelClock` is the real one, tests pass fakes.
+
+    Each user calls only what it needs, so a fake implements only that: the time base wall_ns(), monotonic_ns() and
+    synchronized(); the sources (pacing, reconnect waits) monotonic_ns() and sleep(). The threads that only measure
+    intervals (pipeline, uploader, fragment log) take a plain `() -> float` of monotonic seconds instead.
+    """
 
     def wall_ns(self) -> int: ...
     def monotonic_ns(self) -> int: ...
     def synchronized(self) -> bool: ...
+    def sleep(self, seconds: float) -> None: ...
 
 
 class KernelClock:
-    def wall_ns(self) -> int:
+    """CLOCK_REALTIME, CLOCK_MONOTONIC (the capture clock of every Frame), the kernel's NTP state, a real sleep."""
+
+    @staticmethod
+    def wall_ns() -> int:
         return time.time_ns()
 
-    def monotonic_ns(self) -> int:
+    @staticmethod
+    def monotonic_ns() -> int:
         return time.monotonic_ns()
 
-    def synchronized(self) -> bool:
+    @staticmethod
+    def synchronized() -> bool:
         return kernel_clock_synchronized()
+
+    @staticmethod
+    def sleep(seconds: float) -> None:
+        if seconds > 0:
+            time.sleep(seconds)
 
 
 def sample_offset_ns(clock: Clock) -> int:

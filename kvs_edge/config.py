@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from kvs_edge.errors import EXIT_CONFIG, KvsEdgeError
+
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
@@ -38,8 +40,10 @@ MAX_FILE_BYTES = 1024 * 1024
 EMPTY = "the file is empty; it needs at least stream.name (see config/kvs-edge.yaml)"
 
 
-class ConfigError(ValueError):
+class ConfigError(KvsEdgeError, ValueError):
     """An unusable configuration. `.messages`: one line per problem, each "FILE: key.path: problem"."""
+
+    exit_code = EXIT_CONFIG
 
     def __init__(self, messages: list[str]):
         self.messages = list(messages)

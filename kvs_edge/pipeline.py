@@ -3,7 +3,8 @@
     source thread   emit(frame): never blocks; when the queue is full, frames are dropped up to the next key frame
     muxer thread    Fragmenter events -> FragmentLog (frame by frame, so the uploader can send a frame at once)
     uploader thread Uploader.run(stop): PutMedia sessions from the oldest unacknowledged fragment
-    supervisor      the caller's thread: Pipeline.check() reports dead threads, a stalled camera, a failed source
+    supervisor      the caller's thread: Pipeline.check() reports dead threads, a stalled camera, a failed source;
+                    apply_event() takes what the muxer and uploader threads posted to `events` (event_queue.py)
 
 Everything here is wiring; the decisions live in the pure cores (fragmenter, putmedia session, clock).
 """
@@ -18,6 +19,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
+from kvs_edge.config import HealthConfig
+from kvs_edge.errors import KvsEdgeError
+from kvs_edge.event_queue import EventQueue, FragmentStarted
+from kvs_edge.kvs.uploader import FragmentPersisted, FragmentSkipped
 from kvs_edge.media.fragmenter import Fragmenter
 from kvs_edge.media.frame import Frame
 from kvs_edge.recorder import Recorder
@@ -25,10 +30,15 @@ from kvs_edge.recorder import Recorder
 log = logging.getLogger(__name__)
 
 _STOP = object()
+CAPTURE_TIMES_KEPT = 4096  # fragments whose capture time is kept for the latency figure (oldest forgotten first)
 
 
-class PipelineFailure(RuntimeError):
-    """A part of the pipeline died or stalled: the process must exit non-zero so that systemd restarts it."""
+class PipelineFailure(KvsEdgeError):
+    """A part of the pipeline died or stalled: the process must exit non-zero. Exit 1 (systemd restarts it), or the
+    exit code of the KvsEdgeError that caused it (a missing picamera2 package: 78, no restart loop)."""
+
+    def __init__(self, message: str, cause: BaseException | None = None):
+        super().__init__(message, exit_code=cause.exit_code if isinstance(cause, KvsEdgeError) else None)
 
 
 @dataclass
@@ -43,18 +53,21 @@ class Counters:
     last_frame_mono: float | None = None
     last_persisted_mono: float | None = None
     latencies: deque = field(default_factory=lambda: deque(maxlen=2048))  # capture -> PERSISTED, seconds
+    events_applied: int = 0  # events from the muxer and uploader threads the supervisor has taken
 
 
 class Pipeline:
-    """Wires a source, the fragmenter, a FragmentLog and an Uploader together.
+    """Wires a source, the fragmenter, a FragmentLog and an uploader together.
 
-    uploader_factory(log) -> object with run(stop_event); None runs without uploading (tests, offline capture).
+    uploader: an object with run(stop_event), run on the uploader thread (the appliance's StreamLink); None runs
+    without uploading (tests, offline capture). It reports what it does by posting to `events`.
+    clock: monotonic seconds, the clock frames are stamped with (Frame.timestamp_ns) and latencies measured on.
     """
 
-    def __init__(self, *, source, frag_log, uploader=None, fragment_seconds: float = 2.0, queue_frames: int = 240,
-                 stall_seconds: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, *, source, frag_log, uploader=None, fragment_seconds: float, queue_frames: int = 240,
+                 stall_seconds: float = HealthConfig.stall_seconds, clock: Callable[[], float] = time.monotonic) -> None:
         self.source = source
-        self.log = frag_log
+        self.fragment_log = frag_log
         self.uploader = uploader
         self.fragmenter = Fragmenter(target_ms=int(fragment_seconds * 1000))
         self.stall_seconds = stall_seconds
@@ -64,7 +77,9 @@ class Pipeline:
         self._dropping = False
         self._stop = threading.Event()
         self.recorder = Recorder(frag_log)
-        self._capture_ms: dict[int, int] = {}  # seq -> capture ms of its first frame, for the latency figure
+        self.events = EventQueue()  # muxer and uploader threads -> the supervisor's thread
+        # seq -> capture ms of its first frame, for the latency figure: only the thread that drains `events` touches it
+        self._capture_ms: dict[int, int] = {}
         self._threads: list[threading.Thread] = []
         self._muxer_error: BaseException | None = None
         self._uploader_error: BaseException | None = None
@@ -116,16 +131,23 @@ class Pipeline:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop capturing, then uploading, then close the log. Bounded: never hangs on a stuck part; what is in the
         log stays there for the next start."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout  # real time: joins wait on real threads whatever clock is injected
         self.stop_capture(timeout / 2)
         self._stop.set()
-        wake = getattr(self.log, "wake", None)
+        wake = getattr(self.fragment_log, "wake", None)
         if wake:
             wake()
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
+        muxer = [t for t in self._threads if t.name.endswith("muxer") and t.is_alive()]
+        if muxer:
+            # the muxer is the log's single writer: closing the log under it would break that rule (a write racing
+            # the close). Leave the log open; the process is about to exit and recovery reads it at the next start.
+            log.warning("the muxer thread did not stop within %.1f s: the fragment log is left open (its last "
+                        "fragment is recovered at the next start)", timeout)
+            return
         try:
-            self.log.close()
+            self.fragment_log.close()
         except Exception as e:
             log.warning("closing the fragment log: %s", e)
 
@@ -158,27 +180,41 @@ class Pipeline:
         started, notices = self.recorder.apply(events)
         self.counters.fragments_written = self.recorder.fragments
         for seq, first_ms in started:
-            self._capture_ms[seq] = first_ms
-            if len(self._capture_ms) > 4096:
-                self._capture_ms.pop(next(iter(self._capture_ms)))
+            self.events.post(FragmentStarted(seq, first_ms))
         for ev in notices:
             n = self.counters.notices
             n[ev.kind] = n.get(ev.kind, 0) + 1
             if n[ev.kind] <= 3 or n[ev.kind] % 100 == 0:
                 log.warning("%s (%d so far)", ev.message, n[ev.kind])
 
+    # -- events from the muxer and uploader threads (the thread that drains `events` only) ------------------------
+    def apply_event(self, ev) -> float | None:
+        """Apply one event taken from `events`; returns the capture -> PERSISTED latency in seconds when `ev` is a
+        FragmentPersisted for a fragment this process captured (and still remembers), else None."""
+        self.counters.events_applied += 1
+        if isinstance(ev, FragmentStarted):
+            self._capture_ms[ev.seq] = ev.capture_ms
+            if len(self._capture_ms) > CAPTURE_TIMES_KEPT:  # a long outage: forget the oldest
+                del self._capture_ms[next(iter(self._capture_ms))]
+        elif isinstance(ev, FragmentPersisted):
+            return self.fragment_persisted(ev.seq)
+        elif isinstance(ev, FragmentSkipped):
+            self.counters.fragments_skipped += 1
+        return None
+
     def fragment_persisted(self, seq: int) -> float | None:
         """Count an acknowledged fragment; returns its capture -> PERSISTED latency in seconds (first frame), when
         it was captured by this process."""
         c = self.counters
+        now = self.clock()
         c.fragments_persisted += 1
-        c.last_persisted_mono = self.clock()
+        c.last_persisted_mono = now
         first_ms = self._capture_ms.pop(seq, None)
         if first_ms is None:
             return None
-        latency = time.monotonic_ns() / 1e6 - first_ms
-        c.latencies.append(latency / 1000.0)
-        return latency / 1000.0
+        latency = now - first_ms / 1000.0
+        c.latencies.append(latency)
+        return latency
 
     # -- uploader thread ---------------------------------------------------------------------------------------
     def _upload_loop(self) -> None:
@@ -204,7 +240,7 @@ class Pipeline:
         """Raise PipelineFailure when a part died or the camera stopped; the caller exits non-zero."""
         err = getattr(self.source, "error", None)
         if err is not None:
-            raise PipelineFailure(str(err))
+            raise PipelineFailure(str(err), err)
         if self._muxer_error is not None:
             raise PipelineFailure(f"muxer failed: {self._muxer_error}")
         if self._uploader_error is not None:

@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 class Recorder:
     def __init__(self, frag_log) -> None:
-        self.log = frag_log
+        self.fragment_log = frag_log
         self.header_id: int | None = None
         self.open_seq: int | None = None  # the fragment being written
         self.fragments = 0
@@ -27,18 +27,18 @@ class Recorder:
         notices: list[Notice] = []
         for ev in events:
             if isinstance(ev, FrameWritten):
-                self.log.append(ev.data, ev.timecode_ms)
+                self.fragment_log.append(ev.data, ev.timecode_ms)
                 self.frames += 1
             elif isinstance(ev, FragmentStart):
-                self.open_seq = self.log.start_fragment(self.header_id, ev.timecode_ms, ev.data)
+                self.open_seq = self.fragment_log.start_fragment(self.header_id, ev.timecode_ms, ev.data)
                 started.append((self.open_seq, ev.timecode_ms))
             elif isinstance(ev, FragmentEnd):
                 if self.open_seq is not None:
-                    self.log.end_fragment()
+                    self.fragment_log.end_fragment()
                     self.open_seq = None
                     self.fragments += 1
             elif isinstance(ev, SessionStart):
-                self.header_id = self.log.add_header(ev.header)
+                self.header_id = self.fragment_log.add_header(ev.header)
                 log.info("video %dx%d: new stream header", ev.width, ev.height)
             elif isinstance(ev, Notice):
                 notices.append(ev)

@@ -14,7 +14,9 @@ import threading
 import time
 from typing import Callable
 
+from kvs_edge.errors import EXIT_CONFIG
 from kvs_edge.pipeline import PipelineFailure
+from kvs_edge.retry import STREAM_LOOKUP, UPLOAD, wedge_limit
 from kvs_edge.service.notify import Notifier, WatchdogGate, watchdog_interval
 from kvs_edge.service.status import write_status
 
@@ -28,7 +30,7 @@ def build_status(app, *, started_at: float, state_override: str | None = None) -
     """The status-file dict (docs/internals.md "Status file") for the running appliance."""
     p = app.pipeline
     c = p.counters
-    st = app.log.stats()
+    st = app.fragment_log.stats()
     link = app.link
     now_mono = time.monotonic()
     synced = app.timebase.synchronized()
@@ -76,8 +78,10 @@ def _percentiles(values) -> dict:
 def _gate(app) -> WatchdogGate:
     """Pings stop at half the stall limit: the process exits by itself at the limit (PipelineFailure); the watchdog
     is the backstop for when it can't (a camera stop() that hangs), so it must already be running out by then."""
-    # the uploader's loop turns at least every backoff (<= 30 s) even while offline: 120 s without a turn is a wedge
-    return WatchdogGate(stall_seconds=max(1.0, app.cfg.health.stall_seconds / 2), wedge_seconds=120.0)
+    # the uploader thread's loops (stream lookup, then PutMedia sessions) turn at least once per backoff, even while
+    # offline: twice the longest backoff cap without a turn is a wedge
+    return WatchdogGate(stall_seconds=max(1.0, app.cfg.health.stall_seconds / 2),
+                        wedge_seconds=wedge_limit(STREAM_LOOKUP, UPLOAD))
 
 
 def summary_line(status: dict) -> str:
@@ -92,8 +96,11 @@ class Supervisor:
 
     def __init__(self, app, *, status_file: str | None = None, metrics_listen: str | None = None,
                  notifier: Notifier | None = None, tick_s: float = 0.5,
-                 reload: tuple[Callable[[], object], Callable[[object], object]] | None = None) -> None:
+                 reload: tuple[Callable[[], object], Callable[[object], object]] | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        """clock: monotonic seconds for the loop's cadence (status file, summaries, backlog lines, watchdog pings)."""
         self.app = app
+        self.clock = clock
         self.status_file = status_file
         self.metrics_listen = metrics_listen
         self.notifier = notifier or Notifier()
@@ -144,11 +151,12 @@ class Supervisor:
         last_status = 0.0
         try:
             while not self._stop.is_set():
-                now = time.monotonic()
+                now = self.clock()
                 if self._hup.is_set():
                     self._hup.clear()
                     self._reload()
                     app = self.app
+                app.process_events()  # this thread alone applies what the muxer and uploader threads post
                 app.pipeline.check()
                 status = build_status(app, started_at=self.started_at)
                 self.last_status = status
@@ -163,20 +171,32 @@ class Supervisor:
                     break
                 self._stop.wait(self.tick_s)
         except PipelineFailure as e:
-            log.error("%s: exiting so that the service is restarted", e)
+            code = e.exit_code
+            if code == EXIT_CONFIG:
+                log.error("%s: exiting without a restart (exit %d): fix this first", e.message, code)
+            else:
+                log.error("%s: exiting so that the service is restarted", e.message)
             self._publish(build_status(app, started_at=self.started_at, state_override="stopping") | {"last_error": str(e)})
-            code = 1
         finally:
             self.notifier.stopping()
             self.app.stop()
+            self.app.process_events()  # what the threads posted while stopping counts in the final status
             if self._metrics_server:
                 self._metrics_server.close()
             if code == 0 and self.status_file:
                 final = build_status(self.app, started_at=self.started_at, state_override="stopping")
                 self._publish(final)
-            log.info("kvs-edge stopped; %d fragments kept in the buffer for the next start",
-                     self.app.log.stats().fragments if code == 0 else -1)
+            self._log_stopped(code)
         return code
+
+    def _log_stopped(self, code: int) -> None:
+        try:
+            kept = self.app.fragment_log.stats().fragments
+        except Exception as e:  # a log that failed to close: the next start recovers what is on disk
+            log.warning("kvs-edge stopped (exit %d); the buffer's fragment count is unknown: %s", code, e)
+            return
+        log.info("kvs-edge stopped%s; %d fragment%s kept in the buffer for the next start",
+                 f" (exit {code})" if code else "", kept, "" if kept == 1 else "s")
 
     def _reload(self) -> None:
         """SIGHUP: validate the file again; a broken one is reported and the running configuration kept."""
@@ -197,6 +217,7 @@ class Supervisor:
             return
         log.info("configuration changed: restarting the pipeline (the buffer is kept)")
         old.stop()
+        old.process_events()
         try:
             new_app = build(cfg)
         except Exception as e:

@@ -52,7 +52,7 @@ def test_expiring_iot_credentials_are_refreshed_without_a_failed_request(tls_emu
         # and keep streaming across more than three lifetimes, the last connection included
         wait_until(lambda: time.monotonic() - t0 > 3.5 * LIFETIME_S, 60, "three credential lifetimes")
         app.pipeline.stop_capture()
-        wait_until(lambda: app.log.stats().fragments == 0, 40, "every fragment to be acknowledged")
+        wait_until(lambda: app.fragment_log.stats().fragments == 0, 40, "every fragment to be acknowledged")
     finally:
         app.stop()
         iot.stop()

@@ -11,7 +11,7 @@ import pytest
 
 from kvs_edge.appliance import Appliance
 from kvs_edge.config import parse_config
-from support.appliance import archived_frames, config_dict, wait_until
+from support.appliance import applied, archived_frames, config_dict, wait_until
 from support.h264gen import make_h264
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,9 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 def _stream_until(app, fragments: int, timeout: float = 40) -> None:
     app.start()
     try:
-        wait_until(lambda: app.pipeline.counters.fragments_persisted >= fragments, timeout, f"{fragments} fragments")
+        wait_until(lambda: applied(app).pipeline.counters.fragments_persisted >= fragments, timeout, f"{fragments} fragments")
         app.pipeline.stop_capture()
-        wait_until(lambda: app.log.stats().fragments == 0, 30, "every fragment to be acknowledged")
+        wait_until(lambda: app.fragment_log.stats().fragments == 0, 30, "every fragment to be acknowledged")
     finally:
         app.stop()
 
@@ -67,7 +67,7 @@ def test_file_source_through_the_appliance(emulator, tmp_path):
     try:
         wait_until(lambda: app.source.finished, 30, "the file to be played in real time")
         app.pipeline.stop_capture()
-        wait_until(lambda: app.log.stats().fragments == 0, 30, "every fragment to be acknowledged")
+        wait_until(lambda: app.fragment_log.stats().fragments == 0, 30, "every fragment to be acknowledged")
     finally:
         app.stop()
     assert archived_frames(emulator) == 45 == _decoded_frames(emulator)

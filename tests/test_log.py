@@ -14,7 +14,7 @@ import zlib
 import pytest
 
 from kvs_edge.log import FragmentGone, FragmentLog, LogInUse
-from kvs_edge.log import fragment_log as fl_mod
+from kvs_edge.log import segment_writer as fl_mod
 from kvs_edge.log import segment as fmt
 
 HEADER_A = b"\x1a\x45\xdf\xa3 session header A"

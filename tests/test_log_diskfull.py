@@ -1,7 +1,7 @@
 """A full or read-only buffer disk: the log switches to memory without losing what the reader needs, and back.
 
 A REAL small file system (tmpfs mounted for the test, we run as root in CI) is used when mounting is possible; on a
-machine where it is not, the same test runs with the fault injected at the OS boundary (fragment_log._write raising
+machine where it is not, the same test runs with the fault injected at the OS boundary (segment_writer._write raising
 the errno), which is the only place where the log meets the disk's answer.
 """
 
@@ -17,7 +17,7 @@ import tempfile
 import pytest
 
 from kvs_edge.log import FragmentLog
-from kvs_edge.log import fragment_log as fl_mod
+from kvs_edge.log import segment_writer as fl_mod
 
 from test_log import HEADER_A, FakeClock, backlog, frames_of, read_all, seg_files
 

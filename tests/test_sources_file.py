@@ -15,8 +15,8 @@ import pytest
 
 from fakes.fake_clock import FakeClock
 from kvs_edge.sources import SourceError, open_source
-from kvs_edge.sources.av import AnnexBConverter, FileSource, LiveTimestamps, _split_annexb, redact_uri
-from kvs_edge.sources.base import NAL_IDR, NAL_PPS, NAL_SPS, nal_types
+from kvs_edge.sources.av import AnnexBConverter, FileSource, LiveTimestamps, redact_uri
+from kvs_edge.media.h264 import NAL_IDR, NAL_PPS, NAL_SPS, nal_types, split_annexb
 from support.h264gen import _picture, make_h264
 
 W, H, FPS, GOP, N = 160, 120, 15, 15, 45
@@ -75,7 +75,7 @@ def test_raw_h264_unpaced_passes_access_units_through_with_frame_rate_timestamps
     src.clock = clock
     frames = run(src)
     assert src.error is None and src.finished
-    assert [_split_annexb(f.data) for f in frames] == [_split_annexb(u.data) for u in enc.units]
+    assert [split_annexb(f.data) for f in frames] == [split_annexb(u.data) for u in enc.units]
     assert [f.key for f in frames] == [u.key for u in enc.units]
     assert [i for i, f in enumerate(frames) if f.key] == [0, 15, 30]
     assert [f.timestamp_ns for f in frames] == [int(Fraction(i * 10 ** 9, FPS)) for i in range(N)]
@@ -143,7 +143,7 @@ def test_stream_with_parameter_sets_only_once_gets_them_on_every_key_frame(tmp_p
     enc = make_h264(N, W, H, FPS, gop=GOP)
     units = [enc.units[0].data]
     for u in enc.units[1:]:  # keep SPS/PPS only in the first access unit, as some encoders do
-        units.append(b"".join(b"\x00\x00\x00\x01" + n for n in _split_annexb(u.data) if n[0] & 0x1F not in (7, 8)))
+        units.append(b"".join(b"\x00\x00\x00\x01" + n for n in split_annexb(u.data) if n[0] & 0x1F not in (7, 8)))
     path = tmp_path / "once.h264"
     path.write_bytes(b"".join(units))
     frames = run(FileSource(cfg(path), paced=False))
@@ -190,7 +190,7 @@ def test_avcc_lengths_that_look_like_start_codes_are_still_avcc():
     conv = AnnexBConverter(avcc)
     data, key = conv.convert(len(idr).to_bytes(4, "big") + idr)
     assert key
-    assert _split_annexb(data) == [sps, pps, idr]
+    assert split_annexb(data) == [sps, pps, idr]
     p_slice = bytes([0x41, 0x9A, 0x20])
     data, key = conv.convert(len(p_slice).to_bytes(4, "big") + p_slice)
     assert (data, key) == (b"\x00\x00\x00\x01" + p_slice, False)
@@ -223,3 +223,16 @@ def test_urls_are_shown_without_passwords():
     assert redact_uri("rtsp://admin:hunter2@10.0.0.5:554/stream1") == "rtsp://admin:***@10.0.0.5:554/stream1"
     assert redact_uri("rtsp://10.0.0.5/stream1") == "rtsp://10.0.0.5/stream1"
     assert redact_uri("/dev/video0") == "/dev/video0"
+
+
+def test_annexb_parameter_sets_follow_the_one_trailing_zero_rule_of_media_h264():
+    sps = bytes([0x67, 0x42, 0xC0, 0x0A, 0xDA, 0x0A, 0x11, 0xF9])
+    pps = bytes([0x68, 0xCE, 0x0F, 0xC8])
+    # trailing_zero_8bits after the last NAL unit belong to the byte stream, as before a start code (H.264 B.2)
+    conv = AnnexBConverter(b"\x00\x00\x00\x01" + sps + b"\x00\x00\x00\x01" + pps + b"\x00\x00")
+    idr = bytes([0x65, 0x88, 0x84])
+    data, key = conv.convert(b"\x00\x00\x01" + idr)
+    assert conv.pps == [pps]  # not pps + b"\x00\x00"
+    assert key and split_annexb(data) == [sps, pps, idr]
+    with pytest.raises(SourceError, match="parameter sets of the input are damaged"):
+        AnnexBConverter(b"\x02garbage")

@@ -14,7 +14,7 @@ from av.video.frame import PictureType
 
 from fakes.fake_clock import FakeClock
 from kvs_edge.sources import SourceError, open_source
-from kvs_edge.sources.base import NAL_IDR, NAL_PPS, NAL_SPS, nal_types
+from kvs_edge.media.h264 import NAL_IDR, NAL_PPS, NAL_SPS, nal_types
 from kvs_edge.sources.testpattern import Pattern, TestPatternSource, read_counter
 
 

@@ -19,7 +19,7 @@ from botocore.credentials import Credentials
 
 from kvs_edge.clock import FixedOffset
 from kvs_edge.emulator import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY, Emulator
-from kvs_edge.kvs import uploader as U
+from kvs_edge.kvs import uploader
 from kvs_edge.kvs.control import ControlPlane, DataEndpoint
 from kvs_edge.log.fragment_log import FragmentLog
 from kvs_edge.media import h264
@@ -62,9 +62,9 @@ class Rig:
         kw.setdefault("stale_after_s", 3.0)
         kw.setdefault("backoff_base_s", 0.05)
         kw.setdefault("backoff_cap_s", 0.4)
-        return U.Uploader(self.log, stream_name=STREAM, region="us-east-1", endpoint=DataEndpoint(self.control, STREAM),
-                          credentials=creds or self.creds, timebase=FixedOffset(0), ca_bundle=self.ca_file,
-                          on_event=self.events.append, **kw)
+        return uploader.Uploader(self.log, stream_name=STREAM, region="us-east-1",
+                                 endpoint=DataEndpoint(self.control, STREAM), credentials=creds or self.creds,
+                                 timebase=FixedOffset(0), ca_bundle=self.ca_file, on_event=self.events.append, **kw)
 
     def frame_ms(self, i):
         return self.start_ms + i * 1000 // FPS
@@ -161,12 +161,12 @@ def test_upload_completes_every_frame_once_with_producer_timestamps(rig, video):
     entries = rig.emu.archive(STREAM)
     assert [e.producer_ts_ms for e in entries] == [rig.frame_ms(k * FPS) for k in range(FRAGMENTS)]
     assert all(not e.defects for e in entries)
-    persisted = rig.of(U.FragmentPersisted)
+    persisted = rig.of(uploader.FragmentPersisted)
     assert [e.producer_ms for e in persisted] == [rig.frame_ms(k * FPS) for k in range(FRAGMENTS)]
     st = rig.emu.stats(STREAM)
     assert st.max_concurrent == 1 and st.connections_total == 1 and not st.error_acks
     assert up.stats.resends == 0 and up.stats.fragments_done == FRAGMENTS
-    assert not rig.of(U.Error)
+    assert not rig.of(uploader.Error)
 
 
 # ------------------------------------------------------------------ full duplex
@@ -180,7 +180,7 @@ def test_error_5000_mid_stream_is_acted_on_while_the_body_is_still_open(rig, vid
 
     def on_event(ev):
         seen.append(ev)
-        if isinstance(ev, U.Connected):
+        if isinstance(ev, uploader.Connected):
             written_at_connect.append((ev.start_seq, progress[0]))
 
     up = rig.uploader()
@@ -200,7 +200,7 @@ def test_error_5000_mid_stream_is_acted_on_while_the_body_is_still_open(rig, vid
     resend_seq, fragments_written = written_at_connect[1]
     assert resend_seq == first_seq + 2
     assert fragments_written < FRAGMENTS - 3
-    disc = [e for e in rig.of(U.Disconnected) if e.kind == "error_ack"]
+    disc = [e for e in rig.of(uploader.Disconnected) if e.kind == "error_ack"]
     assert len(disc) == 1 and "5000" in disc[0].reason
     assert rig.archived_frames() == rig.expected_frames(video)  # fragment 3 resent, nothing lost or doubled
 
@@ -217,7 +217,7 @@ class DropEveryConnection:
         self.offsets = []
 
     def cut(self):
-        return len([e for e in self.events if isinstance(e, U.Disconnected) and "connection lost" in e.reason])
+        return len([e for e in self.events if isinstance(e, uploader.Disconnected) and "connection lost" in e.reason])
 
     def get(self):
         if self.cut() < self.n:
@@ -266,15 +266,14 @@ def test_connection_dropped_at_20_random_offsets(rig_factory, video):
     counts = collections.Counter(frames)
     for i, f in enumerate(expected):  # each frame as often as its fragment was archived: once, or per duplicate
         assert counts[f] == len(by_ts[rig.frame_ms(i // FPS * FPS)])
-    # The emulator, like KVS's 4004 rule across sessions, refuses a resent fragment it already RECEIVED: the client
-    # skips it, and that loses nothing because the first copy is stored.
-    skipped = rig.of(U.FragmentSkipped)
-    assert all(s.error_id == 4004 and s.producer_ms in by_ts for s in skipped)
-    # duplicates and refused resends only come from resends of fragments whose PERSISTED the client never saw
-    assert duplicate_entries + len(skipped) <= up.stats.resends
+    # KVS's 4004 applies within one PutMedia call: a fragment re-sent on a new connection is accepted again (a
+    # duplicate when its first copy was stored), never refused, so the client skips nothing.
+    assert rig.of(uploader.FragmentSkipped) == []
+    # duplicates only come from resends of fragments whose PERSISTED the client never saw
+    assert duplicate_entries <= up.stats.resends
     print(f"\n20 drops at offsets {sorted(drops.offsets)}: {rig.emu.stats(STREAM).connections_total} connections, "
           f"{up.stats.resends} fragment resends, {up.stats.received_unpersisted} seen RECEIVED-not-PERSISTED at a "
-          f"drop, {len(skipped)} resends refused with 4004 (already stored), {duplicate_entries} duplicates archived")
+          f"drop, {duplicate_entries} duplicates archived")
 
 
 def iter_infos(log):
@@ -290,11 +289,11 @@ def test_5xx_and_throttling_back_off_with_jitter_then_succeed(rig, video, kind):
     rig.emu.faults.fail_next(4, kind, paths=["/putMedia"])
     up = rig.uploader(backoff_base_s=0.05, backoff_cap_s=1.0)
     assert up.drain(60)
-    backoffs = rig.of(U.Backoff)
+    backoffs = rig.of(uploader.RetryScheduled)
     assert len(backoffs) == 4
     assert all(0 <= b.seconds <= 1.0 for b in backoffs)
     assert len({b.seconds for b in backoffs}) == 4  # jittered, not a fixed schedule
-    errs = [e.message for e in rig.of(U.Error)]
+    errs = [e.message for e in rig.of(uploader.Error)]
     assert len(errs) == 4 and all("\n" not in m for m in errs)
     if kind == "throttle":
         assert all("throttling" in m for m in errs)
@@ -310,7 +309,7 @@ def test_4006_on_one_fragment_skips_it_and_the_rest_arrive(rig, video, caplog):
     up = rig.uploader()
     with caplog.at_level(logging.ERROR, logger="kvs_edge.uploader"):
         assert up.drain(60)
-    skipped = rig.of(U.FragmentSkipped)
+    skipped = rig.of(uploader.FragmentSkipped)
     bad_ts = rig.frame_ms(3 * FPS)
     assert [(s.producer_ms, s.error_id) for s in skipped] == [(bad_ts, 4006)]
     assert any(str(bad_ts) in r.getMessage() and "4006" in r.getMessage() for r in caplog.records)
@@ -326,7 +325,7 @@ def test_a_stalled_server_is_reset_and_the_upload_resumes(rig, video):
 
     def on_event(ev):
         rig.events.append(ev)
-        if isinstance(ev, U.Disconnected) and ev.kind == "stale":
+        if isinstance(ev, uploader.Disconnected) and ev.kind == "stale":
             still_stalled.append(rig.emu.faults.stalled_for() > 0)
 
     up.on_event = on_event
@@ -343,14 +342,14 @@ def test_rotation_loses_nothing_duplicates_nothing_and_never_overlaps(rig, video
     assert up.drain(60)
     stop.set()
     t.join(10)
-    rotated = [e for e in rig.of(U.Disconnected) if e.kind == "rotated"]
+    rotated = [e for e in rig.of(uploader.Disconnected) if e.kind == "rotated"]
     st = rig.emu.stats(STREAM)
     assert len(rotated) >= 2 and st.connections_total >= 3
     assert st.max_concurrent == 1  # never two connections at once
     assert not st.error_acks and not st.http_errors
     assert rig.archived_frames() == rig.expected_frames(video)  # nothing lost, nothing twice
     assert len(rig.emu.archive_files(STREAM)) == st.connections_total  # each session: a fresh header
-    assert not [e for e in rig.of(U.Disconnected) if e.kind != "rotated"]
+    assert not [e for e in rig.of(uploader.Disconnected) if e.kind != "rotated"]
 
 
 def test_wrong_secret_is_one_clear_line_without_the_secret(rig, video):
@@ -358,12 +357,12 @@ def test_wrong_secret_is_one_clear_line_without_the_secret(rig, video):
     wrong = Credentials(DEFAULT_ACCESS_KEY_ID, "not-the-secret-zz9")
     up = rig.uploader(creds=wrong)
     got = threading.Event()
-    up.on_event = lambda ev: (rig.events.append(ev), isinstance(ev, U.Error) and got.set())
+    up.on_event = lambda ev: (rig.events.append(ev), isinstance(ev, uploader.Error) and got.set())
     stop, t = run_in_thread(up)
     assert got.wait(30)
     stop.set()
     t.join(10)
-    msg = rig.of(U.Error)[0].message
+    msg = rig.of(uploader.Error)[0].message
     assert "\n" not in msg and "not-the-secret-zz9" not in msg
     assert "kinesisvideo:PutMedia" in msg and "credentials" in msg
 
@@ -383,7 +382,7 @@ def test_a_new_codec_configuration_starts_a_new_session_with_its_header(rig, vid
             sizes.append((s.codec_context.width, s.codec_context.height))
     assert sizes == [(160, 120), (176, 144)]
     assert rig.archived_frames() == rig.expected_frames(video) + rig.expected_frames(other, len(video.units))
-    assert [e.kind for e in rig.of(U.Disconnected)] == ["rotated", "rotated"], rig.events
+    assert [e.kind for e in rig.of(uploader.Disconnected)] == ["rotated", "rotated"], rig.events
 
 
 def test_nothing_is_sent_until_the_clock_can_be_trusted(rig, video):

@@ -2,7 +2,8 @@
 
 Exit 0 with "FILE: ok" on stdout when the file is usable; warnings (the example's placeholders still in place, keys in a
 file other users can read) go to stderr, each prefixed "warning: ", and do not change the exit code.
-Exit 2 with every problem on stderr, one line each ("FILE: key.path: problem"), when it is not.
+Exit 2 with every problem on stderr, one line each ("FILE: key.path: problem"), when it is not: "invalid" is this
+command's answer, not a failure to run (README "Exit codes"); `run` and `upload` exit 78 on the same file.
 """
 
 from __future__ import annotations
@@ -11,9 +12,7 @@ import argparse
 import sys
 
 from kvs_edge.config import ConfigError, config_warnings, load_config
-
-EXIT_OK = 0
-EXIT_INVALID = 2
+from kvs_edge.errors import EXIT_OK, EXIT_USAGE
 
 
 def main(args: argparse.Namespace) -> int:
@@ -23,7 +22,7 @@ def main(args: argparse.Namespace) -> int:
     except ConfigError as e:
         for message in e.messages:
             print(message, file=sys.stderr)
-        return EXIT_INVALID
+        return EXIT_USAGE
     for warning in config_warnings(cfg, path):
         print(f"warning: {warning}", file=sys.stderr)
     print(f"{path}: ok")

@@ -15,25 +15,28 @@ import time
 from pathlib import Path
 
 from kvs_edge import logsetup
-from kvs_edge.cli import EXIT_FAILURE, EXIT_OK
+from kvs_edge.errors import EXIT_FAILURE, EXIT_OK
 
 log = logging.getLogger("kvs_edge")
 
 STREAM = "kvs-edge-demo"
 
 
-def demo_config(emulator_url: str, buffer_dir: str, *, width=640, height=480, fps=15, seconds_per_fragment=2.0):
+def demo_config(emulator_url: str, buffer_dir: str, *, width=640, height=480, fps=15):
+    """The demo's settings, through the same parser as a configuration file (stream.fragment_seconds and every other
+    setting not named here keep config.py's defaults)."""
     from kvs_edge.config import parse_config
     from kvs_edge.emulator import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY
 
     return parse_config({
-        "stream": {"name": STREAM, "region": "us-east-1", "fragment_seconds": seconds_per_fragment},
+        "stream": {"name": STREAM, "region": "us-east-1"},
         "aws": {"credentials": "static", "access_key_id": DEFAULT_ACCESS_KEY_ID,
                 "secret_access_key": DEFAULT_SECRET_ACCESS_KEY, "endpoint_url": emulator_url},
         "source": {"type": "testpattern", "width": width, "height": height, "fps": fps, "bitrate": "1M",
                    "profile": "baseline"},
         "buffer": {"path": buffer_dir, "max_bytes": "256MiB"},
-        # containers and CI machines report the clock unsynchronized forever (see DESIGN.md)
+        # containers and CI machines report the clock unsynchronized forever
+        # (docs/pi-camera-and-service.md, "Time on a Pi")
         "time": {"require_sync": False},
         "health": {"status_file": str(Path(buffer_dir) / "status.json")},
     }, "<demo>")
@@ -111,7 +114,7 @@ def _capture_done(app, t0: float, seconds: float) -> bool:
         app._capture_stopped = True
         app.pipeline.stop_capture()
         app._drain_deadline = time.monotonic() + 30
-    return app.log.stats().fragments == 0 or time.monotonic() > app._drain_deadline
+    return app.fragment_log.stats().fragments == 0 or time.monotonic() > app._drain_deadline
 
 
 def _decode_count(files) -> int:

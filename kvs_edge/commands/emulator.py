@@ -8,11 +8,11 @@ import signal
 import sys
 import threading
 
+from kvs_edge.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from kvs_edge.emulator import (DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY, Emulator, FaultSpecError,
                                parse_fault_spec, read_archive_index)
 from kvs_edge.emulator.store import StoreError
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 
 def _list(args) -> int:

@@ -11,6 +11,7 @@ import logging
 import sys
 from pathlib import Path
 
+from kvs_edge.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from kvs_edge.service.boot_config import BOOT_DIRS, import_boot_config
 
 
@@ -23,7 +24,7 @@ def main(args) -> int:
     except OSError as exc:
         where = f" {exc.filename}" if exc.filename else ""
         print(f"cannot import the boot-partition configuration:{where}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILURE
     stream = sys.stdout if result.outcome != "invalid" else sys.stderr
     print(result.summary(), file=stream)
     for w in result.warnings:
@@ -31,5 +32,5 @@ def main(args) -> int:
     if result.outcome == "invalid":
         for m in result.messages:
             print(m, file=sys.stderr)
-        return 2
-    return 0
+        return EXIT_USAGE
+    return EXIT_OK

@@ -18,15 +18,14 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import BinaryIO, Iterator
 
+from kvs_edge.errors import EXIT_OK, EXIT_USAGE, UsageError
 from kvs_edge.media import h264, mkv
 from kvs_edge.media.fragmenter import Fragmenter, FragmentStart, FrameWritten, Notice, SessionStart
 
-EXIT_OK = 0
-EXIT_USAGE = 2
 MUX_FRAGMENT_MS = 1000
 
 
-class UnusableInput(Exception):
+class UnusableInput(UsageError):
     """The input cannot be muxed; str(e) is the one line for the user."""
 
 
@@ -160,8 +159,8 @@ def mux_file(input_path: str, out: BinaryIO, fps: float | Fraction, start_ms: in
             except h264.H264Error:
                 nals = []  # the fragmenter reports it
             gop = []
-            sps = [n for n in nals if n[0] & 0x1F == h264.NAL_SPS]
-            pps = [n for n in nals if n[0] & 0x1F == h264.NAL_PPS]
+            sps = [n for n in nals if h264.nal_type(n) == h264.NAL_SPS]
+            pps = [n for n in nals if h264.nal_type(n) == h264.NAL_PPS]
             last_sps, last_pps = sps or last_sps, pps or last_pps
         gop.append(au)
         handle(frag.push(au, frame_timestamp_ms(start_ms, index, rate), key))

@@ -6,7 +6,7 @@ import logging
 import sys
 
 from kvs_edge import logsetup
-from kvs_edge.cli import EXIT_CONFIG, EXIT_FAILURE
+from kvs_edge.errors import EXIT_FAILURE, KvsEdgeError
 from kvs_edge.config import ConfigError, config_warnings, has_placeholders, load_config
 
 log = logging.getLogger("kvs_edge")
@@ -48,23 +48,17 @@ def main(args) -> int:
         for m in e.messages:
             print(m, file=sys.stderr)
         print(f"kvs-edge: fix {args.config} (check it with `kvs-edge check-config {args.config}`)", file=sys.stderr)
-        return EXIT_CONFIG
+        return e.exit_code
     logsetup.configure(cfg.log.level, getattr(args, "verbose", False))
     for w in config_warnings(cfg, args.config):
         log.warning(w.removeprefix("warning: "))
-    from kvs_edge.kvs.control import ControlPlaneError
-    from kvs_edge.kvs.credentials import CredentialsError
-    from kvs_edge.sources import SourceError
     from kvs_edge.supervisor import Supervisor
 
     try:
         app = build_appliance(cfg, args.config)
-    except (CredentialsError, ControlPlaneError) as e:
-        log.error("%s", e)
-        return EXIT_CONFIG
-    except SourceError as e:
-        log.error("%s", e)
-        return EXIT_FAILURE
+    except KvsEdgeError as e:  # credentials, control plane, source: each says how to exit (README "Exit codes")
+        log.error("%s", e.message)
+        return e.exit_code
     except OSError as e:
         log.error("cannot start: %s", e)
         return EXIT_FAILURE

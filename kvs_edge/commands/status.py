@@ -10,13 +10,10 @@ import json
 import sys
 import time
 
+from kvs_edge.errors import EXIT_FAILURE, EXIT_NOT_RUNNING, EXIT_OK, EXIT_USAGE
 from kvs_edge.service.status import StatusError, assess, format_human, pid_alive, read_status
 
 DEFAULT_STATUS_FILE = "/run/kvs-edge/status.json"
-EXIT_HEALTHY = 0
-EXIT_UNHEALTHY = 1
-EXIT_BAD_FILE = 2
-EXIT_NOT_RUNNING = 3
 
 
 def _default_file() -> str:
@@ -40,10 +37,10 @@ def main(args) -> int:
         return EXIT_NOT_RUNNING
     except PermissionError:
         print(f"cannot read {path}: permission denied (try with sudo)", file=sys.stderr)
-        return EXIT_BAD_FILE
+        return EXIT_USAGE
     except (StatusError, OSError) as exc:
         print(str(exc), file=sys.stderr)
-        return EXIT_BAD_FILE
+        return EXIT_USAGE
 
     now = time.time()
     alive = pid_alive(status.get("pid"))
@@ -52,4 +49,4 @@ def main(args) -> int:
         print(json.dumps({**status, "healthy": healthy, "reasons": reasons}, indent=2, sort_keys=True))
     else:
         print(format_human(status, now, process_alive=alive))
-    return EXIT_HEALTHY if healthy else EXIT_UNHEALTHY
+    return EXIT_OK if healthy else EXIT_FAILURE  # unhealthy: 1

@@ -12,44 +12,49 @@ import os
 import sys
 import tempfile
 import time
-import types
 
 from kvs_edge import logsetup
-from kvs_edge.cli import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from kvs_edge.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, KvsEdgeError, UsageError, one_line
 
 log = logging.getLogger("kvs_edge")
 
 
-def _settings(args):
-    """(stream name, region, aws section) from --config and the command line; the AWS_* environment otherwise."""
-    from kvs_edge.config import load_config
+def settings(args, environ=os.environ):
+    """The Config this upload runs with: --config FILE (with --stream overriding stream.name), or else one built from
+    --stream and the AWS_* environment through the same parser as a file, so every other setting keeps config.py's
+    defaults. Raises ConfigError (exit 78) or UsageError (exit 2)."""
+    import dataclasses
+
+    from kvs_edge.config import load_config, parse_config
 
     if args.config:
         cfg = load_config(args.config)
-        return args.stream or cfg.stream.name, cfg.stream.region, cfg.aws, cfg.upload, cfg.stream
+        if args.stream:
+            cfg = dataclasses.replace(cfg, stream=dataclasses.replace(cfg.stream, name=args.stream))
+        return cfg
     if not args.stream:
-        raise ValueError("give --stream NAME (or --config FILE with stream.name)")
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    aws = types.SimpleNamespace(credentials="default", profile=os.environ.get("AWS_PROFILE"), access_key_id=None,
-                                secret_access_key=None, session_token=None,
-                                endpoint_url=os.environ.get("AWS_ENDPOINT_URL_KINESIS_VIDEO")
-                                or os.environ.get("AWS_ENDPOINT_URL"),
-                                ca_bundle=os.environ.get("AWS_CA_BUNDLE"), iot=None)
-    upload = types.SimpleNamespace(stale_seconds=10.0, max_connection_minutes=40, connect_timeout_seconds=10.0)
-    stream = types.SimpleNamespace(create=False, retention_hours=24, kms_key_id=None, fragment_seconds=2.0)
-    return args.stream, region, aws, upload, stream
+        raise UsageError("give --stream NAME (or --config FILE with stream.name)")
+    aws = {"credentials": "default", "profile": environ.get("AWS_PROFILE"),
+           "endpoint_url": environ.get("AWS_ENDPOINT_URL_KINESIS_VIDEO") or environ.get("AWS_ENDPOINT_URL"),
+           "ca_bundle": environ.get("AWS_CA_BUNDLE")}
+    stream = {"name": args.stream}
+    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION")
+    if region:
+        stream["region"] = region
+    return parse_config({"stream": stream, "aws": {k: v for k, v in aws.items() if v}},
+                        "kvs-edge upload (--stream and the AWS_* environment)")
 
 
 def mux_file_into_log(path: str, fps: float | None, frag_log, fragment_seconds: float) -> dict:
     """Read the file with the file source (unpaced: the file's own timestamps) and write its fragments to the log."""
+    from kvs_edge.config import SourceConfig
     from kvs_edge.media.fragmenter import Fragmenter
     from kvs_edge.recorder import Recorder
     from kvs_edge.sources.av import FileSource
 
     # this command reports a failed source itself, in one line: the source's own journal line would repeat it
     logging.getLogger("kvs_edge.sources").setLevel(logging.CRITICAL)
-    src_cfg = types.SimpleNamespace(type="file", uri=path, fps=fps or 30, loop=False)
-    source = FileSource(src_cfg, fragment_seconds=fragment_seconds, paced=False)
+    source = FileSource(SourceConfig(type="file", uri=path, fps=fps or SourceConfig.fps), paced=False)
     fragmenter = Fragmenter(target_ms=int(fragment_seconds * 1000))
     recorder = Recorder(frag_log)
     notices: list[str] = []
@@ -65,7 +70,7 @@ def mux_file_into_log(path: str, fps: float | None, frag_log, fragment_seconds: 
         time.sleep(0.05)
     source.stop()
     if source.error:
-        raise ValueError(str(source.error))
+        raise UsageError(str(source.error))
     apply(fragmenter.close())
     return {"fragments": recorder.fragments, "frames": recorder.frames, "notices": notices}
 
@@ -74,8 +79,8 @@ def main(args) -> int:
     logsetup.configure("warning", getattr(args, "verbose", False))
     from kvs_edge.clock import FixedOffset
     from kvs_edge.config import ConfigError
-    from kvs_edge.kvs.control import ControlPlane, ControlPlaneError, DataEndpoint
-    from kvs_edge.kvs.credentials import CredentialsError, resolve_credentials
+    from kvs_edge.kvs.control import ControlPlane, DataEndpoint
+    from kvs_edge.kvs.credentials import resolve_credentials
     from kvs_edge.kvs.uploader import Error, FragmentPersisted, FragmentSkipped, Uploader
     from kvs_edge.log import FragmentLog
 
@@ -83,13 +88,14 @@ def main(args) -> int:
         print(f"kvs-edge upload: {args.input}: no such file", file=sys.stderr)
         return EXIT_USAGE
     try:
-        stream, region, aws, upload_cfg, stream_cfg = _settings(args)
+        cfg = settings(args)
     except ConfigError as e:
         print("\n".join(e.messages), file=sys.stderr)
-        return EXIT_USAGE
-    except ValueError as e:
-        print(f"kvs-edge upload: {e}", file=sys.stderr)
-        return EXIT_USAGE
+        return e.exit_code
+    except UsageError as e:
+        print(f"kvs-edge upload: {e.message}", file=sys.stderr)
+        return e.exit_code
+    stream, region, aws, upload_cfg, stream_cfg = cfg.stream.name, cfg.stream.region, cfg.aws, cfg.upload, cfg.stream
     if args.input.lower().endswith((".h264", ".264")) and not args.fps:
         print("kvs-edge upload: a raw .h264 file has no timing: give --fps N", file=sys.stderr)
         return EXIT_USAGE
@@ -98,8 +104,8 @@ def main(args) -> int:
         frag_log = FragmentLog(os.path.join(tmp, "log"), 1 << 40, sync_interval_s=3600)
         try:
             state = mux_file_into_log(args.input, args.fps, frag_log, stream_cfg.fragment_seconds)
-        except ValueError as e:
-            print(f"kvs-edge upload: {e}", file=sys.stderr)
+        except (UsageError, ValueError) as e:  # ValueError: H.264 the muxer cannot take
+            print(f"kvs-edge upload: {one_line(e, 1000)}", file=sys.stderr)
             return EXIT_USAGE
         for n in dict.fromkeys(state["notices"]):
             print(f"kvs-edge upload: {n}", file=sys.stderr)
@@ -115,9 +121,9 @@ def main(args) -> int:
             control = ControlPlane(region, creds, endpoint_url=aws.endpoint_url, ca_bundle=aws.ca_bundle)
             info = control.ensure_stream(stream, create=stream_cfg.create, retention_hours=stream_cfg.retention_hours,
                                          kms_key_id=stream_cfg.kms_key_id)
-        except (CredentialsError, ControlPlaneError) as e:
-            print(f"kvs-edge upload: {e}", file=sys.stderr)
-            return EXIT_CONFIG if isinstance(e, CredentialsError) else EXIT_FAILURE
+        except KvsEdgeError as e:  # credentials (78), the control plane (78 when unusable as configured, else 1)
+            print(f"kvs-edge upload: {e.message}", file=sys.stderr)
+            return e.exit_code
         keeps = int(info.get("DataRetentionInHours") or 0) > 0
         progress = {"done": 0, "skipped": 0, "errors": [], "t0": time.monotonic(), "bytes": st.bytes}
         tty = sys.stderr.isatty()

@@ -29,14 +29,14 @@ import botocore.session
 from botocore.credentials import CredentialProvider, CredentialResolver, Credentials, RefreshableCredentials
 
 from kvs_edge import __version__
+from kvs_edge.errors import EXIT_CONFIG, KvsEdgeError, one_line
 from kvs_edge.kvs.credentials import CredentialsError
+from kvs_edge.retry import CONTROL_THROTTLED, Backoff
 
 log = logging.getLogger(__name__)
 
 # KVS throttles with its own error code, which botocore's retry modes do not know: retried here.
 KVS_THROTTLING_CODES = frozenset({"ClientLimitExceededException"})
-BACKOFF_BASE_S = 0.5
-BACKOFF_CAP_S = 8.0
 
 # operation -> the IAM action it needs
 IAM_ACTIONS = {
@@ -46,14 +46,17 @@ IAM_ACTIONS = {
 }
 
 
-class ControlPlaneError(Exception):
+class ControlPlaneError(KvsEdgeError):
     """A control-plane call failed. str() is one line saying what is wrong and what to do, free of secrets.
 
     `code`: the AWS error code (or a local one: "EndpointConnectionError", "SSLError", ...), `operation`: the API.
+    Exit code: 78 when the client cannot even be set up from the configuration (`operation` None: no region, an
+    unusable endpoint_url), else 1 (the service, the network or IAM said no: a later attempt may succeed), from
+    every command alike.
     """
 
     def __init__(self, message: str, *, code: str | None = None, operation: str | None = None):
-        super().__init__(message)
+        super().__init__(message, exit_code=EXIT_CONFIG if operation is None else None)
         self.code = code
         self.operation = operation
 
@@ -70,11 +73,6 @@ class _GivenCredentials(CredentialProvider):
 
     def load(self) -> Credentials:
         return self._credentials
-
-
-def _one_line(text: Any, limit: int = 240) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def create_stream_hint(name: str, region: str, retention_hours: int = 24) -> str:
@@ -96,12 +94,14 @@ class ControlPlane:
         connect_timeout: float = 10.0,
         read_timeout: float = 30.0,
         sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
     ):
         if not region:
             raise ControlPlaneError("stream.region is not set: set it to the stream's AWS region, e.g. us-east-1")
         self.region = region
         self._credentials = credentials
         self._sleep = sleep
+        self._rng = rng
         self._max_attempts = max(1, int(max_attempts))
         self._lock = threading.Lock()
         self._endpoints: dict[str, str] = {}
@@ -123,7 +123,7 @@ class ControlPlane:
                 config=config,
             )
         except botocore.exceptions.BotoCoreError as exc:
-            raise ControlPlaneError(f"cannot set up the KVS client: {self._scrub(_one_line(exc))}",
+            raise ControlPlaneError(f"cannot set up the KVS client: {self._scrub(one_line(exc))}",
                                     code=type(exc).__name__) from None
         self.endpoint_url = self._client.meta.endpoint_url
         self.ca_bundle = ca_bundle
@@ -214,6 +214,7 @@ class ControlPlane:
 
     def _call(self, operation: str, stream: str, fn: Callable[..., dict], **params: Any) -> dict:
         attempt = 0
+        backoff = Backoff.of(CONTROL_THROTTLED, self._rng)
         while True:
             attempt += 1
             try:
@@ -221,7 +222,7 @@ class ControlPlane:
             except ControlPlaneError as exc:
                 if exc.code not in KVS_THROTTLING_CODES or attempt >= self._max_attempts:
                     raise
-                delay = random.uniform(0, min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** attempt))  # full jitter
+                delay = backoff.next()
                 log.info("kinesisvideo %s throttled (%s), retrying in %.2f s", operation, exc.code, delay)
                 self._sleep(delay)
 
@@ -250,7 +251,7 @@ class ControlPlane:
                 + (" and aws.endpoint_url" if self._custom_endpoint() else ""),
                 code="EndpointConnectionError", operation=operation) from None
         except botocore.exceptions.BotoCoreError as exc:
-            raise ControlPlaneError(f"kinesisvideo {operation} failed: {self._scrub(_one_line(exc))}",
+            raise ControlPlaneError(f"kinesisvideo {operation} failed: {self._scrub(one_line(exc))}",
                                     code=type(exc).__name__, operation=operation) from None
 
     def _custom_endpoint(self) -> bool:
@@ -273,7 +274,7 @@ class ControlPlane:
     def _client_error(self, operation: str, stream: str, exc: botocore.exceptions.ClientError) -> ControlPlaneError:
         err = exc.response.get("Error", {}) or {}
         code = str(err.get("Code") or "")
-        message = self._scrub(_one_line(err.get("Message") or ""))
+        message = self._scrub(one_line(err.get("Message") or ""))
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         lowered = message.lower()
         action = IAM_ACTIONS.get(operation, f"kinesisvideo:{operation}")

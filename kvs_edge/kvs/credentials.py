@@ -29,6 +29,8 @@ import botocore.exceptions
 import botocore.session
 from botocore.credentials import Credentials, DeferredRefreshableCredentials, RefreshableCredentials
 
+from kvs_edge.errors import EXIT_CONFIG, KvsEdgeError, one_line
+
 if TYPE_CHECKING:
     import requests
 
@@ -42,13 +44,11 @@ IOT_THING_NAME_HEADER = "x-amzn-iot-thingname"
 IOT_MIN_LIFETIME_S = 900  # shortest credentialDurationSeconds a role alias allows
 
 
-class CredentialsError(Exception):
-    """Credentials are missing, unusable or could not be fetched. str() is one line, free of secrets."""
+class CredentialsError(KvsEdgeError):
+    """Credentials are missing, unusable or could not be fetched. str() is one line, free of secrets. Exit 78: the
+    configuration (or the files and roles it names) must change."""
 
-
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    exit_code = EXIT_CONFIG
 
 
 def refresh_windows(lifetime_s: float) -> tuple[float, float]:
@@ -79,7 +79,7 @@ def default_credentials(profile: str | None = None) -> Credentials:
     except botocore.exceptions.BotoCoreError as exc:
         # PartialCredentialsError, CredentialRetrievalError, ...: botocore's messages name what is missing,
         # never a secret value.
-        raise CredentialsError(f"AWS credentials (aws.credentials: default): {_one_line(exc)}") from None
+        raise CredentialsError(f"AWS credentials (aws.credentials: default): {one_line(exc, 300)}") from None
     if creds is None:
         raise CredentialsError(
             "no AWS credentials found (aws.credentials: default): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
@@ -300,7 +300,7 @@ class IotCredentialFetcher:
                 f"the {where} did not answer within {self.timeout:g} s: check the network"
             ) from None
         except requests.exceptions.RequestException as exc:
-            raise CredentialsError(f"{where}: request failed: {_one_line(type(exc).__name__)}") from None
+            raise CredentialsError(f"{where}: request failed: {one_line(type(exc).__name__, 300)}") from None
         except OSError as exc:  # certificate files unreadable / not PEM when loading the client cert
             raise CredentialsError(
                 f"aws.iot.cert_file/key_file: cannot load the device certificate ({exc.strerror or type(exc).__name__})"
@@ -365,7 +365,7 @@ def _server_message(resp: requests.Response) -> str:
         msg = resp.json().get("message")
     except (ValueError, AttributeError):
         msg = None
-    return f": {_one_line(msg, 120)}" if isinstance(msg, str) and msg else ""
+    return f": {one_line(msg, 120)}" if isinstance(msg, str) and msg else ""
 
 
 class _DeferredIotCredentials(DeferredRefreshableCredentials):

@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from enum import Enum
 
-from kvs_edge.kvs import acks as A
+from kvs_edge.kvs import acks
 from kvs_edge.media.mkv import CLUSTER_HEAD_SIZE, end_of_fragment_tag, retime_cluster_head
 
-# docs/kvs-putmedia.md section 2: the SDK's reaction per ErrorId
+# docs/kvs-putmedia.md section 2, the SDK's reaction per ErrorId: "4001 fragment over 50 MB: skip fragment ... 4004
+# fragment timecode lower than the previous one: skip ... 4500-4506 KMS key problems: skip | 4000, 4003, 5000, 5001:
+# resend | other: unknown: resend"
 SKIP_ERRORS = frozenset({4001, 4002, *range(4004, 4013), *range(4500, 4507)})
 RESEND_ERRORS = frozenset({4000, 4003, 5000, 5001})
 
@@ -40,7 +43,11 @@ def is_skip_error(error_id: int | None) -> bool:
 
 
 def connection_lifetime(max_connection_s: float, rng: random.Random | None = None) -> float:
-    """Seconds after which to rotate: at most 40 minutes, minus random jitter (up to 3 minutes, 7.5% when shorter)."""
+    """Seconds after which to rotate: at most 40 minutes, minus random jitter (up to 3 minutes, 7.5% when shorter).
+
+    docs/kvs-putmedia.md section 3: "Connection: 45 minutes maximum (then ERROR 4003). The SDK rotates to a new
+    connection before 40 minutes (minus up to 3 minutes of random jitter)".
+    """
     limit = min(float(max_connection_s), MAX_CONNECTION_S)
     if limit <= 0:
         raise ValueError("max connection duration must be positive")
@@ -84,21 +91,58 @@ class Report:
     message: str
 
 
+class SessionEndKind(str, Enum):
+    """Why a session (one PutMedia connection) ended. A str Enum: it compares equal to its value and logs as it."""
+    ROTATED = "rotated"  # clean end: rotation or finish() with everything acknowledged
+    ERROR_ACK = "error_ack"  # KVS sent an ERROR acknowledgement (every ERROR ends the connection)
+    STALE = "stale"  # an acknowledgement did not come in time, or the server stopped reading
+    CONNECTION = "connection"  # the connection was lost
+    END_TIMEOUT = "end_timeout"  # the body was closed but the last acknowledgements did not come in time
+    STOPPED = "stopped"  # abandon(): the uploader gave up on it (stopping, its grace time over)
+    HTTP = "http"  # never from the session: the uploader's request failed with an HTTP status
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class SessionState(str, Enum):
+    OPEN = "open"  # the request body is open: fragments may be written
+    ENDING = "ending"  # the body is closed (terminating chunk sent): waiting, bounded, for the outstanding ACKs
+    CLOSED = "closed"  # over; `PutMediaSession.ended` says why and from where to resend
+
+
+class Step(Enum):
+    """The one input that moves a session without ending it."""
+    END_BODY = "end_body"  # finish() or rotation reached a fragment boundary: the terminating chunk is sent
+
+
+OPEN, ENDING, CLOSED = SessionState.OPEN, SessionState.ENDING, SessionState.CLOSED
+
+# Every transition of a session, in one table: (state, input) -> next state. An input that is not listed for the
+# current state is a bug in the session (RuntimeError), never a silent change of state. Inputs are Step.END_BODY and
+# the end kinds: a session can only end "rotated" or "end_timeout" once its body is closed.
+TRANSITIONS: dict[tuple[SessionState, Step | SessionEndKind], SessionState] = {
+    (OPEN, Step.END_BODY): ENDING,
+    (ENDING, SessionEndKind.ROTATED): CLOSED,
+    (ENDING, SessionEndKind.END_TIMEOUT): CLOSED,
+    **{(state, kind): CLOSED
+       for state in (OPEN, ENDING)
+       for kind in (SessionEndKind.ERROR_ACK, SessionEndKind.STALE, SessionEndKind.CONNECTION,
+                    SessionEndKind.STOPPED)},
+}
+
+
 @dataclass(frozen=True, slots=True)
 class SessionEnded:
-    """The connection is over. Resend from `resend_from` (None: from whatever the log holds next).
-
-    kind: "rotated" (clean end: rotation or finish() with everything acknowledged), "error_ack", "stale",
-    "connection" (lost), "end_timeout" (ended but the last acknowledgements did not come in time).
-    """
-    kind: str
+    """The connection is over. Resend from `resend_from` (None: from whatever the log holds next)."""
+    kind: SessionEndKind
     reason: str
     resend_from: int | None
     received_unpersisted: tuple[int, ...] = ()  # RECEIVED but no PERSISTED seen: resent, so possibly duplicated
 
     @property
     def clean(self) -> bool:
-        return self.kind == "rotated"
+        return self.kind is SessionEndKind.ROTATED
 
 
 Event = Write | EndBody | FragmentDone | FragmentSkipped | Report | SessionEnded
@@ -159,11 +203,12 @@ class _Fragment:
     bytes_sent: int = 0
 
 
-OPEN, ENDING, CLOSED = "open", "ending", "closed"
-
-
 class PutMediaSession:
-    """The state of one PutMedia connection. Call start() first; every method returns a list of events."""
+    """The state of one PutMedia connection. Call start() first; every method returns a list of events.
+
+    `state` changes only through `_transition` (the TRANSITIONS table); callers end a session through its methods
+    (finish, on_connection_lost, abandon, ...), never by assigning `ended`.
+    """
 
     def __init__(self, header: bytes, *, now: float, keeps_data: bool = True, stale_after_s: float = 10.0,
                  lifetime_s: float = MAX_CONNECTION_S, end_wait_s: float | None = None) -> None:
@@ -174,7 +219,7 @@ class PutMediaSession:
         self.lifetime_s = float(lifetime_s)
         self.end_wait_s = float(end_wait_s if end_wait_s is not None else max(stale_after_s, 5.0))
         self.started_at = now
-        self.state = OPEN
+        self._state = OPEN
         self.bytes_sent = 0
         self._header = header
         self._started = False
@@ -184,9 +229,18 @@ class PutMediaSession:
         self._last_tagged = True  # no fragment sent yet: nothing to close with a tag
         self._end_reason: str | None = None
         self._end_deadline: float | None = None
-        self.ended: SessionEnded | None = None
+        self._ended: SessionEnded | None = None
 
     # -------------------------------------------------------------- properties
+
+    @property
+    def state(self) -> SessionState:
+        return self._state
+
+    @property
+    def ended(self) -> SessionEnded | None:
+        """Why and how the session ended (set with the CLOSED state), None while it runs."""
+        return self._ended
 
     @property
     def in_fragment(self) -> bool:
@@ -273,6 +327,8 @@ class PutMediaSession:
         """Between fragments with nothing to send right now: tell KVS the last fragment is complete (once)."""
         if self.state != OPEN or self._current is not None or self._last_tagged:
             return []
+        # docs/kvs-putmedia.md section 2: "A fragment is known complete only when the next cluster starts, or an
+        # AWS_KINESISVIDEO_END_OF_FRAGMENT tag follows it, or the session ends"
         self._last_tagged = True
         self._mark_previous_complete(now)
         return self._write(end_of_fragment_tag())
@@ -289,28 +345,30 @@ class PutMediaSession:
 
     # -------------------------------------------------------------- inputs from the network
 
-    def on_ack(self, ack: A.Ack | A.AckParseError, now: float) -> list[Event]:
+    def on_ack(self, ack: acks.Ack | acks.AckParseError, now: float) -> list[Event]:
         if self.state == CLOSED:
             return []
-        if isinstance(ack, A.AckParseError):
+        if isinstance(ack, acks.AckParseError):
             return [Report(f"ignored unreadable acknowledgement: {ack.message}")]
         f = self._by_tc.get(ack.fragment_timecode) if ack.fragment_timecode is not None else None
         et = ack.event_type
-        if et == A.ERROR:
+        if et == acks.ERROR:
             return self._on_error(ack, f, now)
         if f is None:
-            if et == A.IDLE:
+            if et == acks.IDLE:
                 return []
             return [Report(f"{et} acknowledgement for unknown fragment timecode {ack.fragment_timecode}")]
         out: list[Event] = []
         if f.first_ack_at is None:
             f.first_ack_at = now
-        if et == A.RECEIVED or et == A.PERSISTED:
+        if et == acks.RECEIVED or et == acks.PERSISTED:
             if f.received_at is None:
                 f.received_at = now
             if f.completed_at is None:
                 f.completed_at = now
-            if not f.done and (et == A.PERSISTED or not self.keeps_data):
+            # docs/kvs-putmedia.md section 2: "PERSISTED: stored (only when the stream's retention > 0)": a stream
+            # that keeps no data never sends it, so RECEIVED is the last word there
+            if not f.done and (et == acks.PERSISTED or not self.keeps_data):
                 out += self._done(f, et, now)
         return out + self._check_ending(now)
 
@@ -318,8 +376,16 @@ class PutMediaSession:
         if self.state == CLOSED:
             return []
         if self.state == ENDING and not self.outstanding:
-            return self._close("rotated", self._end_reason or reason)
-        return self._close("connection", f"connection lost: {reason}")
+            return self._close(SessionEndKind.ROTATED, self._end_reason or reason)
+        return self._close(SessionEndKind.CONNECTION, f"connection lost: {reason}")
+
+    def abandon(self, reason: str, now: float) -> list[Event]:
+        """The uploader gives up on this connection (stopping, and its grace time for the last ACKs is over). The
+        fragments not yet acknowledged stay in the log: `resend_from` and `received_unpersisted` say which, as for
+        any other end."""
+        if self.state == CLOSED:
+            return []
+        return self._close(SessionEndKind.STOPPED, reason)
 
     def tick(self, now: float) -> list[Event]:
         """Time passes: staleness, rotation and the bounded wait at the end of a session."""
@@ -333,11 +399,11 @@ class PutMediaSession:
         stale = self._stale_fragment(now)
         if stale is not None:
             f, what = stale
-            return out + self._close(
-                "stale", f"no {what} for fragment {f.seq} within {self.stale_after_s:g} s: resetting the connection")
+            return out + self._close(SessionEndKind.STALE, f"no {what} for fragment {f.seq} within "
+                                                           f"{self.stale_after_s:g} s: resetting the connection")
         if self.state == ENDING and self._end_deadline is not None and now >= self._end_deadline:
             return out + self._close(
-                "end_timeout", f"{self._end_reason}: fragments {self.outstanding} not acknowledged within "
+                SessionEndKind.END_TIMEOUT, f"{self._end_reason}: fragments {self.outstanding} not acknowledged within "
                                f"{self.end_wait_s:g} s")
         return out
 
@@ -346,7 +412,8 @@ class PutMediaSession:
         that stopped reading mid-fragment (where no ACK deadline runs) is reset after `stale_after_s` too."""
         if self.state == CLOSED or now - since < self.stale_after_s:
             return []
-        return self._close("stale", f"the server read nothing for {self.stale_after_s:g} s: resetting the connection")
+        return self._close(SessionEndKind.STALE,
+                           f"the server read nothing for {self.stale_after_s:g} s: resetting the connection")
 
     def next_deadline(self) -> float | None:
         """The earliest time at which tick() may have something to do."""
@@ -378,6 +445,8 @@ class PutMediaSession:
             f.completed_at = now
 
     def _deadline(self, f: _Fragment) -> float | None:
+        # docs/kvs-putmedia.md section 5: "Staleness: no BUFFERING ACK for 5 s (kvssink: 60 s) after data was sent ->
+        # reset the connection"; the same bound applies to RECEIVED and PERSISTED (stale_after_s, 10 s by default)
         if f.first_ack_at is None:
             return f.started_at + self.stale_after_s
         if f.received_at is None:
@@ -408,12 +477,13 @@ class PutMediaSession:
         f.head = bytearray()
         return [Report(message), FragmentSkipped(f.seq, f.producer_ms, None, "INVALID_FRAGMENT_IN_LOG")]
 
-    def _on_error(self, ack: A.Ack, f: _Fragment | None, now: float) -> list[Event]:
+    def _on_error(self, ack: acks.Ack, f: _Fragment | None, now: float) -> list[Event]:
         out: list[Event] = []
         desc = f"ERROR {ack.error_id} {ack.error_code or ''}".rstrip()
         skip = is_skip_error(ack.error_id)
         if f is None:
-            # timecode -1 (an MKV parse error) or unknown: KVS was reading the oldest fragment it had not received
+            # docs/kvs-putmedia.md section 2: "FragmentTimecode echoes the cluster Timecode; on MKV parse errors it can
+            # be -1 with an empty FragmentNumber": KVS was reading the oldest fragment it had not received
             cands = [x for x in self._frags if not x.done and x.received_at is None] or \
                     [x for x in self._frags if not x.done]
             f = cands[0] if cands else None
@@ -421,12 +491,13 @@ class PutMediaSession:
                 out.append(Report(f"{desc} with timecode {ack.fragment_timecode}: attributed to fragment {f.seq}"))
         where = f"fragment {f.seq} (timecode {f.producer_ms})" if f is not None else \
             f"timecode {ack.fragment_timecode}"
+        # docs/kvs-putmedia.md section 2: "Every ERROR ACK ends the connection"; skip-class errors release the fragment
         if skip and f is not None and not f.done:
             f.done = True
             self._frags = [x for x in self._frags if not x.done]
             out.append(FragmentSkipped(f.seq, f.producer_ms, ack.error_id, ack.error_code))
-            return out + self._close("error_ack", f"{desc} on {where}: fragment skipped")
-        return out + self._close("error_ack", f"{desc} on {where}: resending")
+            return out + self._close(SessionEndKind.ERROR_ACK, f"{desc} on {where}: fragment skipped")
+        return out + self._close(SessionEndKind.ERROR_ACK, f"{desc} on {where}: resending")
 
     def _end_body(self, now: float) -> list[Event]:
         out: list[Event] = []
@@ -434,17 +505,23 @@ class PutMediaSession:
             out += self.idle(now)
         self._mark_previous_complete(now)
         out.append(EndBody())
-        self.state = ENDING
+        self._transition(Step.END_BODY)
         self._end_deadline = now + self.end_wait_s
         return out + self._check_ending(now)
 
     def _check_ending(self, now: float) -> list[Event]:
         if self.state == ENDING and not self.outstanding:
-            return self._close("rotated", self._end_reason or "session finished")
+            return self._close(SessionEndKind.ROTATED, self._end_reason or "session finished")
         return []
 
-    def _close(self, kind: str, reason: str) -> list[Event]:
-        self.state = CLOSED
+    def _transition(self, step: Step | SessionEndKind) -> None:
+        nxt = TRANSITIONS.get((self._state, step))
+        if nxt is None:
+            raise RuntimeError(f"PutMedia session: no transition from {self._state.value} on {step.value}")
+        self._state = nxt
+
+    def _close(self, kind: SessionEndKind, reason: str) -> list[Event]:
+        self._transition(kind)
         pending = self.outstanding
         if pending:
             resend = pending[0]
@@ -452,6 +529,8 @@ class PutMediaSession:
             resend = self._current.seq
         else:
             resend = None
+        # docs/kvs-putmedia.md section 5: "Fragments that were RECEIVED but not PERSISTED can be sent twice; the
+        # service documents no de-duplication": kept so the uploader can count the possible duplicates
         unpersisted = tuple(f.seq for f in self._frags if not f.done and f.received_at is not None)
-        self.ended = SessionEnded(kind, reason, resend, unpersisted)
-        return [self.ended]
+        self._ended = SessionEnded(kind, reason, resend, unpersisted)
+        return [self._ended]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import json
-import random
 import selectors
 import socket
 import ssl
@@ -28,6 +27,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 
 from kvs_edge import __version__
+from kvs_edge.errors import KvsEdgeError, one_line
 from kvs_edge.kvs.acks import Ack, AckParseError, AckParser
 
 USER_AGENT = f"kvs-edge/{__version__}"
@@ -40,7 +40,7 @@ _MAX_ERROR_BODY = 64 * 1024
 # ------------------------------------------------------------------ errors
 
 
-class TransportError(Exception):
+class TransportError(KvsEdgeError):
     """A PutMedia request failed. str() is one line meant for a user, never with a secret in it.
 
     retryable: try again after a backoff; throttled: the service asked us to slow down; refresh_endpoint: fetch the
@@ -61,11 +61,6 @@ class ConnectionLost(TransportError):
     """The connection ended (reset, closed, or the response finished) after the request was accepted."""
 
 
-def _one_line(text: str, limit: int = 240) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def http_error(status: int, headers: dict[str, str], body: bytes, *, stream_name: str, region: str) -> TransportError:
     """Map an HTTP error response of PutMedia to a TransportError a user can act on."""
     error_type = (headers.get("x-amzn-errortype") or "").split(":")[0]
@@ -77,7 +72,7 @@ def http_error(status: int, headers: dict[str, str], body: bytes, *, stream_name
             error_type = error_type or str(doc.get("__type") or doc.get("code") or "").split("#")[-1]
     except (UnicodeDecodeError, ValueError):
         message = body[:200].decode("utf-8", "replace")
-    detail = _one_line(f"{error_type}: {message}" if error_type and message else (error_type or message or "no details"))
+    detail = one_line(f"{error_type}: {message}" if error_type and message else (error_type or message or "no details"))
     if status in (401, 403) and "signature expired" in f"{message} {body[:500]!r}".lower():
         now = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
         return TransportError(
@@ -101,27 +96,6 @@ def http_error(status: int, headers: dict[str, str], body: bytes, *, stream_name
     if status >= 500:
         return TransportError(f"KVS server error {status} ({detail}): retrying", status=status, error_type=error_type)
     return TransportError(f"PutMedia refused with HTTP {status} ({detail})", status=status, error_type=error_type)
-
-
-# ------------------------------------------------------------------ backoff
-
-
-class Backoff:
-    """Exponential backoff with full jitter: the n-th delay is uniform in [0, min(cap, base * 2**n)]."""
-
-    def __init__(self, base_s: float = 0.5, cap_s: float = 30.0, rng: random.Random | None = None):
-        self.base_s = base_s
-        self.cap_s = cap_s
-        self.attempt = 0
-        self._rng = rng or random.Random()
-
-    def next(self) -> float:
-        ceiling = min(self.cap_s, self.base_s * (2 ** min(self.attempt, 32)))
-        self.attempt += 1
-        return self._rng.uniform(0.0, ceiling)
-
-    def reset(self) -> None:
-        self.attempt = 0
 
 
 # ------------------------------------------------------------------ the request

@@ -2,8 +2,8 @@
 
 One thread does everything, so there is never more than one connection (KVS allows one per stream):
 
-    log --(header, fragment bytes as they are written)--> PutMediaSession (pure) --Write--> PutMediaConnection
-    log.release(seq) <--FragmentDone/FragmentSkipped-- PutMediaSession <--ACKs-- PutMediaConnection.poll()
+    fragment_log --(header, fragment bytes as they are written)--> PutMediaSession (pure) --Write--> PutMediaConnection
+    fragment_log.release(seq) <--FragmentDone/FragmentSkipped-- PutMediaSession <--ACKs-- PutMediaConnection.poll()
 
 Every new session starts at the oldest fragment the log still holds (everything older was acknowledged or skipped),
 with that fragment's session header. Failures back off exponentially with full jitter; a clean rotation does not.
@@ -19,8 +19,13 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from kvs_edge.kvs import putmedia as P
-from kvs_edge.kvs import transport as T
+import botocore.exceptions
+
+from kvs_edge.config import UploadConfig
+from kvs_edge.errors import KvsEdgeError
+from kvs_edge.kvs import putmedia, transport
+from kvs_edge.kvs.putmedia import SessionEndKind
+from kvs_edge.retry import THROTTLE_FLOOR, UPLOAD, Backoff
 
 log = logging.getLogger("kvs_edge.uploader")
 
@@ -42,7 +47,7 @@ class Connected:
 @dataclass(frozen=True, slots=True)
 class Disconnected:
     reason: str
-    kind: str = "connection"  # rotated | error_ack | stale | connection | end_timeout | http | stopped
+    kind: SessionEndKind = SessionEndKind.CONNECTION
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,11 +58,13 @@ class FragmentPersisted:
 
 
 # FragmentSkipped(seq, producer_ms, error_id, error_code): the session's own event, passed on as it is
-FragmentSkipped = P.FragmentSkipped
+FragmentSkipped = putmedia.FragmentSkipped
 
 
 @dataclass(frozen=True, slots=True)
-class Backoff:
+class RetryScheduled:
+    """The uploader waits `seconds` (drawn from its Backoff) before the next attempt."""
+
     seconds: float
     reason: str
 
@@ -67,7 +74,7 @@ class Error:
     message: str
 
 
-UploaderEvent = Connected | Disconnected | FragmentPersisted | FragmentSkipped | Backoff | Error
+UploaderEvent = Connected | Disconnected | FragmentPersisted | FragmentSkipped | RetryScheduled | Error
 
 
 @dataclass
@@ -98,13 +105,16 @@ class Uploader:
     frame, or None while the clock cannot be trusted yet (the uploader waits).
     """
 
-    def __init__(self, log, *, stream_name: str, region: str, endpoint, credentials,
+    def __init__(self, fragment_log, *, stream_name: str, region: str, endpoint, credentials,
                  timebase: Callable[[object], int | None], keeps_data: bool = True, ca_bundle: str | None = None,
-                 stale_after_s: float = 10.0, max_connection_s: float = 2400.0,
-                 on_event: Callable[[UploaderEvent], None] | None = None, connect_timeout_s: float = 10.0,
-                 backoff_base_s: float = 0.5, backoff_cap_s: float = 30.0, rng: random.Random | None = None,
+                 stale_after_s: float = UploadConfig.stale_seconds,
+                 max_connection_s: float = UploadConfig.max_connection_minutes * 60.0,
+                 on_event: Callable[[UploaderEvent], None] | None = None,
+                 connect_timeout_s: float = UploadConfig.connect_timeout_seconds,
+                 backoff_base_s: float = UPLOAD.base_s, backoff_cap_s: float = UPLOAD.cap_s,
+                 rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic):
-        self.log = log
+        self.fragment_log = fragment_log
         self.stream_name = stream_name
         self.region = region
         self.endpoint = endpoint
@@ -117,9 +127,10 @@ class Uploader:
         self.on_event = on_event
         self.connect_timeout_s = connect_timeout_s
         self._rng = rng or random.Random()
-        self._backoff = T.Backoff(backoff_base_s, backoff_cap_s, self._rng)
+        self._backoff = Backoff(backoff_base_s, backoff_cap_s, self._rng)
+        self._throttle_floor = Backoff.of(THROTTLE_FLOOR, self._rng)  # never reset: a draw in [0, 1 s] each time
         self._clock = clock
-        self._timeline = P.Timeline()
+        self._timeline = putmedia.Timeline()
         self._sent_before: set[int] = set()
         self._gone = _fragment_gone()
         self._running = threading.Lock()
@@ -167,54 +178,55 @@ class Uploader:
                 return True
             try:
                 ended = self._session(stop, until_empty)
-            except T.TransportError as e:
-                self._disconnected(str(e), "http" if e.status else "connection")
+            except transport.TransportError as e:
+                self._disconnected(str(e), SessionEndKind.HTTP if e.status else SessionEndKind.CONNECTION)
                 if e.refresh_endpoint:
                     self._invalidate_endpoint()
                 self._sleep(stop, str(e), throttled=e.throttled)
                 continue
             except Exception as e:  # credentials, endpoint lookup, a bug: report, back off, carry on
                 msg = " ".join(str(e).split()) or type(e).__name__
-                if not _is_user_error(e):
+                if not isinstance(e, USER_ERRORS):
                     log.exception("uploader: unexpected error")
                     msg = f"internal error in the uploader ({type(e).__name__}: {msg})"
-                self._disconnected(msg, "connection")
+                self._disconnected(msg, SessionEndKind.CONNECTION)
                 self._sleep(stop, msg)
                 continue
             if ended is None:
                 continue  # nothing to send (or waiting for the clock)
             self.stats.received_unpersisted += len(ended.received_unpersisted)
             self._disconnected(ended.reason, ended.kind)
-            if ended.kind == "rotated" or stop.is_set():
+            if ended.kind is SessionEndKind.ROTATED or stop.is_set():
                 continue
-            if ended.kind in ("connection", "stale"):
+            if ended.kind in (SessionEndKind.CONNECTION, SessionEndKind.STALE):
                 self._invalidate_endpoint()
             self._sleep(stop, ended.reason)
         return until_empty and self._log_empty()
 
-    def _session(self, stop: threading.Event, until_empty: bool) -> P.SessionEnded | None:
-        first = self.log.next_fragment(None, timeout=0.25)
+    def _session(self, stop: threading.Event, until_empty: bool) -> putmedia.SessionEnded | None:
+        first = self.fragment_log.next_fragment(None, timeout=0.25)
         if first is None:
             return None
         producer = self._producer_ms(first)
         if producer is None:
             stop.wait(0.25)
             return None
-        header = self.log.header(first.header_id)
+        header = self.fragment_log.header(first.header_id)
         url = self.endpoint.get()
         creds = self.credentials.get_frozen_credentials()
-        target, headers = T.signed_request(url, stream_name=self.stream_name, region=self.region, credentials=creds,
-                                           producer_start_ms=producer)
+        target, headers = transport.signed_request(url, stream_name=self.stream_name, region=self.region,
+                                                   credentials=creds, producer_start_ms=producer)
         del creds
-        conn = T.PutMediaConnection.open(url, target, headers, stream_name=self.stream_name, region=self.region,
-                                         ca_bundle=self.ca_bundle, connect_timeout_s=self.connect_timeout_s)
+        conn = transport.PutMediaConnection.open(url, target, headers, stream_name=self.stream_name,
+                                                 region=self.region, ca_bundle=self.ca_bundle,
+                                                 connect_timeout_s=self.connect_timeout_s)
         self.stats.connections += 1
         self.connected = True
         self._emit(Connected(url, first.seq))
         log.info("connected to %s for stream %s, starting at fragment %d", url, self.stream_name, first.seq)
-        session = P.PutMediaSession(header, now=self._clock(), keeps_data=self.keeps_data,
+        session = putmedia.PutMediaSession(header, now=self._clock(), keeps_data=self.keeps_data,
                                     stale_after_s=self.stale_after_s,
-                                    lifetime_s=P.connection_lifetime(self.max_connection_s, self._rng))
+                                    lifetime_s=putmedia.connection_lifetime(self.max_connection_s, self._rng))
         try:
             return _Run(self, conn, session, first, stop, until_empty).run()
         finally:
@@ -242,7 +254,7 @@ class Uploader:
         return tc
 
     def _log_empty(self) -> bool:
-        return self.log.next_fragment(None, timeout=0) is None
+        return self.fragment_log.next_fragment(None, timeout=0) is None
 
     def _invalidate_endpoint(self) -> None:
         try:
@@ -253,13 +265,13 @@ class Uploader:
     def _sleep(self, stop: threading.Event, reason: str, throttled: bool = False) -> None:
         delay = self._backoff.next()
         if throttled:
-            delay = max(delay, self._rng.uniform(0.0, 1.0))
-        self._emit(Backoff(delay, reason))
+            delay = max(delay, self._throttle_floor.next())
+        self._emit(RetryScheduled(delay, reason))
         log.info("retrying in %.2f s (%s)", delay, reason)
         stop.wait(delay)
 
-    def _disconnected(self, reason: str, kind: str) -> None:
-        if kind in ("rotated", "stopped"):
+    def _disconnected(self, reason: str, kind: SessionEndKind) -> None:
+        if kind in (SessionEndKind.ROTATED, SessionEndKind.STOPPED):
             log.info("session ended: %s", reason)
         else:
             log.warning("%s", reason)
@@ -278,21 +290,19 @@ class Uploader:
         self._timeline.forget(seq)
         self._sent_before.discard(seq)
         try:
-            self.log.release(seq)
+            self.fragment_log.release(seq)
         except self._gone:
             pass
 
 
-def _is_user_error(e: Exception) -> bool:
-    """Errors whose message is meant for a user (credentials, control plane, botocore), not a bug."""
-    names = {c.__name__ for c in type(e).__mro__}
-    return bool(names & {"CredentialsError", "ControlPlaneError", "BotoCoreError", "ClientError", "OSError"})
+# Errors whose message is meant for a user (ours: credentials, control plane; botocore's; the OS's), not a bug.
+USER_ERRORS = (KvsEdgeError, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError)
 
 
 class _Run:
     """One session's loop: move bytes from the log to the connection and ACKs from the connection to the session."""
 
-    def __init__(self, up: Uploader, conn: T.PutMediaConnection, session: P.PutMediaSession, first, stop,
+    def __init__(self, up: Uploader, conn: transport.PutMediaConnection, session: putmedia.PutMediaSession, first, stop,
                  until_empty: bool):
         self.up = up
         self.conn = conn
@@ -309,7 +319,7 @@ class _Run:
         self.wire_seen = 0  # conn.wire_bytes_sent at the last check
         self.blocked_since: float | None = None  # output waiting, and the socket took nothing since then
 
-    def run(self) -> P.SessionEnded:
+    def run(self) -> putmedia.SessionEnded:
         up, s = self.up, self.s
         self.apply(s.start())
         wait = 0.0
@@ -317,10 +327,10 @@ class _Run:
             up.heartbeat = up._clock()
             try:
                 acks = self.conn.poll(wait)
-            except T.ConnectionLost as e:
+            except transport.ConnectionLost as e:
                 self.apply(s.on_connection_lost(str(e), up._clock()))
                 break
-            except T.TransportError:
+            except transport.TransportError:
                 self.apply(s.on_connection_lost("HTTP error", up._clock()))
                 raise
             for a in acks:
@@ -336,7 +346,7 @@ class _Run:
                     self.stop_deadline = now + STOP_GRACE_S
                     self.apply(s.finish("stopping", now))
                 elif now >= self.stop_deadline:
-                    s.ended = P.SessionEnded("stopped", "stopped with fragments unacknowledged", None)
+                    self.apply(s.abandon("stopped with fragments unacknowledged", now))
                     break
             wait = self.feed(now)
             deadline = s.next_deadline()
@@ -366,9 +376,9 @@ class _Run:
             info = self.pending
             self.pending = None
             if info is None:
-                info = up.log.next_fragment(self.last_seq, timeout=0 if not self.after_idle else IDLE_WAIT_S)
+                info = up.fragment_log.next_fragment(self.last_seq, timeout=0 if not self.after_idle else IDLE_WAIT_S)
                 if info is None and not self.after_idle:
-                    info = up.log.next_fragment(self.last_seq, timeout=NEXT_FRAGMENT_GRACE_S)
+                    info = up.fragment_log.next_fragment(self.last_seq, timeout=NEXT_FRAGMENT_GRACE_S)
             if info is None:
                 self.after_idle = True
                 self.apply(s.idle(now))
@@ -393,9 +403,9 @@ class _Run:
             self.cur, self.offset, self.last_seq = info, 0, info.seq
         seq = self.cur.seq
         try:
-            data, done = up.log.read(seq, self.offset, READ_BYTES, timeout=0)
+            data, done = up.fragment_log.read(seq, self.offset, READ_BYTES, timeout=0)
             if not data and not done:
-                data, done = up.log.read(seq, self.offset, READ_BYTES, timeout=IDLE_WAIT_S)
+                data, done = up.fragment_log.read(seq, self.offset, READ_BYTES, timeout=IDLE_WAIT_S)
         except up._gone as e:
             log.warning("fragment %d left the log while being sent (%s)", seq, e)
             self.cur = None
@@ -409,7 +419,7 @@ class _Run:
             self.offset += len(data)
             self.apply(s.fragment_data(data, now))
         if done:
-            info = up.log.info(seq) or self.cur
+            info = up.fragment_log.info(seq) or self.cur
             up._timeline.complete(seq, info.last_ms - info.first_ms)
             self.cur = None
             self.apply(s.end_fragment(now))
@@ -418,23 +428,23 @@ class _Run:
     def apply(self, events) -> None:
         up = self.up
         for ev in events:
-            if isinstance(ev, P.Write):
+            if isinstance(ev, putmedia.Write):
                 self.conn.write(ev.data)
                 up.stats.bytes_sent += len(ev.data)
-            elif isinstance(ev, P.EndBody):
+            elif isinstance(ev, putmedia.EndBody):
                 self.conn.end_body()
-            elif isinstance(ev, P.FragmentDone):
+            elif isinstance(ev, putmedia.FragmentDone):
                 up._release(ev.seq)
                 up.stats.fragments_done += 1
                 up._backoff.reset()
                 up._emit(FragmentPersisted(ev.seq, ev.producer_ms, ev.done_at - ev.sent_at))
-            elif isinstance(ev, P.FragmentSkipped):
+            elif isinstance(ev, putmedia.FragmentSkipped):
                 up._release(ev.seq)
                 up.stats.fragments_skipped += 1
                 log.error("fragment %d (producer timestamp %d) skipped: KVS error %s %s", ev.seq, ev.producer_ms,
                           ev.error_id, ev.error_code or "")
                 up._emit(ev)
-            elif isinstance(ev, P.Report):
+            elif isinstance(ev, putmedia.Report):
                 log.warning("%s", ev.message)
-            elif isinstance(ev, P.SessionEnded):
+            elif isinstance(ev, putmedia.SessionEnded):
                 pass

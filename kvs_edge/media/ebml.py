@@ -74,23 +74,15 @@ class LeafEnd(NamedTuple):
 
 Event = Start | End | Leaf | LeafStart | LeafChunk | LeafEnd
 
-# --- Matroska IDs used across kvs-edge -------------------------------------------------------------------------------
-EBML = 0x1A45DFA3
-EBML_VERSION, EBML_READ_VERSION, EBML_MAX_ID_LENGTH, EBML_MAX_SIZE_LENGTH = 0x4286, 0x42F7, 0x42F2, 0x42F3
-DOC_TYPE, DOC_TYPE_VERSION, DOC_TYPE_READ_VERSION = 0x4282, 0x4287, 0x4285
-VOID, CRC32 = 0xEC, 0xBF
-SEGMENT = 0x18538067
-SEEK_HEAD, INFO, TRACKS, CLUSTER, CUES, CHAPTERS, TAGS, ATTACHMENTS = (
-    0x114D9B74, 0x1549A966, 0x1654AE6B, 0x1F43B675, 0x1C53BB6B, 0x1043A770, 0x1254C367, 0x1941A469)
-SEGMENT_UID, TIMECODE_SCALE, DURATION, TITLE, MUXING_APP, WRITING_APP, DATE_UTC = (
-    0x73A4, 0x2AD7B1, 0x4489, 0x7BA9, 0x4D80, 0x5741, 0x4461)
-TRACK_ENTRY, TRACK_NUMBER, TRACK_UID, TRACK_TYPE, NAME, CODEC_ID, CODEC_PRIVATE, DEFAULT_DURATION = (
-    0xAE, 0xD7, 0x73C5, 0x83, 0x536E, 0x86, 0x63A2, 0x23E383)
-VIDEO, PIXEL_WIDTH, PIXEL_HEIGHT, AUDIO = 0xE0, 0xB0, 0xBA, 0xE1
-TIMECODE, POSITION, PREV_SIZE, SIMPLE_BLOCK, BLOCK_GROUP, BLOCK, SILENT_TRACKS, ENCRYPTED_BLOCK = (
-    0xE7, 0xA7, 0xAB, 0xA3, 0xA0, 0xA1, 0x5854, 0xAF)
-TAG, TARGETS, SIMPLE_TAG, TAG_NAME, TAG_STRING, TAG_LANGUAGE, TAG_DEFAULT, TAG_BINARY = (
-    0x7373, 0x63C0, 0x67C8, 0x45A3, 0x4487, 0x447A, 0x4484, 0x4485)
+# Matroska IDs: one table (matroska_ids) for the writer and this reader
+from kvs_edge.media.matroska_ids import (  # noqa: F401  (re-exported: ebml.CLUSTER etc. are public)
+    ATTACHMENTS, AUDIO, BLOCK, BLOCK_GROUP, CHAPTERS, CLUSTER, CODEC_ID, CODEC_PRIVATE, CRC32, CUES, DATE_UTC,
+    DEFAULT_DURATION, DOC_TYPE, DOC_TYPE_READ_VERSION, DOC_TYPE_VERSION, DURATION, EBML, EBML_MAX_ID_LENGTH,
+    EBML_MAX_SIZE_LENGTH, EBML_READ_VERSION, EBML_VERSION, ENCRYPTED_BLOCK, INFO, MUXING_APP, NAME, PIXEL_HEIGHT,
+    PIXEL_WIDTH, POSITION, PREV_SIZE, SEEK_HEAD, SEGMENT, SEGMENT_UID, SILENT_TRACKS, SIMPLE_BLOCK, SIMPLE_TAG, TAG,
+    TAGS, TAG_BINARY, TAG_DEFAULT, TAG_LANGUAGE, TAG_NAME, TAG_STRING, TARGETS, TIMECODE, TIMECODE_SCALE, TITLE,
+    TRACKS, TRACK_ENTRY, TRACK_NUMBER, TRACK_TYPE, TRACK_UID, VIDEO, VOID, WRITING_APP,
+)
 
 
 @dataclass(frozen=True)
@@ -177,19 +169,41 @@ def decode_size(buf, pos: int) -> tuple[int | None, int] | None:
 
 
 def encode_id(element_id: int) -> bytes:
-    """The bytes of an element ID (IDs keep their marker bits, so this is the big-endian minimal form)."""
-    return element_id.to_bytes(max(1, (element_id.bit_length() + 7) // 8), "big")
+    """An element ID as its bytes (IDs keep their marker bits, so this is the big-endian minimal form)."""
+    if element_id <= 0:
+        raise ValueError(f"invalid EBML ID {element_id:#x}")
+    n = (element_id.bit_length() + 7) // 8
+    if n > 4:
+        raise ValueError(f"EBML ID {element_id:#x} longer than 4 bytes")
+    b = element_id.to_bytes(n, "big")
+    # the first byte's leading 1 bit must mark the length: 1xxxxxxx for 1 byte, 01xxxxxx for 2, ...
+    if b[0] >> (8 - n) != 1:
+        raise ValueError(f"EBML ID {element_id:#x} has an inconsistent length marker")
+    return b
 
 
 def encode_size(size: int | None, width: int | None = None) -> bytes:
-    """An EBML size vint; None = unknown size (1 byte 0xFF unless width given)."""
+    """An element data size as an EBML variable-length integer (shortest form unless `width` is given).
+
+    None = unknown size (all value bits set; 1 byte 0xFF unless `width` is given). All-ones values are reserved for
+    "unknown size", so e.g. 127 takes two bytes.
+    """
     if size is None:
         w = width or 1
-        return ((1 << (7 * w)) - 1 | (1 << (7 * w))).to_bytes(w, "big")
-    w = width or next(n for n in range(1, 9) if size < _UNKNOWN_BY_LEN[n])
-    if size >= _UNKNOWN_BY_LEN[w]:
-        raise ValueError(f"size {size} does not fit in {w} bytes")
-    return (size | (1 << (7 * w))).to_bytes(w, "big")
+        if not 1 <= w <= 8:
+            raise ValueError(f"EBML size width {w} is not 1..8")
+        return (_UNKNOWN_BY_LEN[w] | (1 << (7 * w))).to_bytes(w, "big")
+    if size < 0:
+        raise ValueError("negative EBML size")
+    if width is None:
+        width = 1
+        while size >= _UNKNOWN_BY_LEN[width]:
+            if width == 8:
+                raise ValueError(f"EBML size {size} too large")
+            width += 1
+    elif not 1 <= width <= 8 or size >= _UNKNOWN_BY_LEN[width]:
+        raise ValueError(f"EBML size {size} does not fit {width} bytes")
+    return ((1 << (7 * width)) | size).to_bytes(width, "big")
 
 
 def encode_element(element_id: int, data: bytes) -> bytes:

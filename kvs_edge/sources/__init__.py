@@ -7,9 +7,9 @@
 
 from __future__ import annotations
 
-from .base import Source, SourceError
+from .base import Source, SourceError, SourceNotInstalled
 
-__all__ = ["Source", "SourceError", "open_source", "SOURCE_TYPES"]
+__all__ = ["Source", "SourceError", "SourceNotInstalled", "open_source", "SOURCE_TYPES"]
 
 SOURCE_TYPES = ("picamera", "testpattern", "file", "rtsp", "v4l2")
 
@@ -34,7 +34,7 @@ def open_source(cfg, *, fragment_seconds: float, paced: bool = True, stall_secon
     if kind == "file":
         from .av import FileSource
 
-        return FileSource(cfg, fragment_seconds=fragment_seconds, paced=paced)
+        return FileSource(cfg, paced=paced)  # a file keeps its own key frames
     if kind == "rtsp":
         from .av import rtsp_source
 

@@ -16,19 +16,22 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import threading
 from fractions import Fraction
 from typing import Callable
 
+from kvs_edge.clock import Clock, KernelClock
+from kvs_edge.media import h264
 from kvs_edge.media.frame import Frame
+from kvs_edge.retry import LIVE_SOURCE, Backoff
 
-from .base import NAL_PPS, NAL_SPS, Clock, Emit, Pacer, Source, SourceError, SystemClock
+from .base import Emit, Pacer, Source, SourceError
 
 log = logging.getLogger(__name__)
 
 RAW_H264_EXTENSIONS = (".h264", ".264", ".h26l", ".avc")
-START = b"\x00\x00\x00\x01"
 
 
 # -- pure helpers ---------------------------------------------------------------------------------------------------
@@ -46,43 +49,18 @@ def codec_error(what: str, codec: str, live: bool) -> SourceError:
     return SourceError(f"{what}: the video is {codec}, not H.264: kvs-edge streams H.264 without re-encoding; {hint}")
 
 
-def _split_annexb(data: bytes) -> list[bytes]:
-    """NAL units of an Annex B byte string, without start codes (trailing zero bytes belong to the start code)."""
-    nals = []
-    starts = []
-    i = data.find(b"\x00\x00\x01")
-    while i >= 0:
-        starts.append(i)
-        i = data.find(b"\x00\x00\x01", i + 3)
-    for k, s in enumerate(starts):
-        end = starts[k + 1] if k + 1 < len(starts) else len(data)
-        nal = data[s + 3:end].rstrip(b"\x00") if k + 1 < len(starts) else data[s + 3:end]
-        if nal:
-            nals.append(nal)
-    return nals
-
-
-def _parse_avcc_parameter_sets(extradata: bytes) -> tuple[int, list[bytes]]:
-    """(NAL length size, [SPS..., PPS...]) of an AVCDecoderConfigurationRecord (ISO/IEC 14496-15)."""
+def _parameter_sets(extradata: bytes) -> tuple[int | None, list[bytes]]:
+    """(NAL length size or None for Annex B, [SPS..., PPS...]) of a stream's codec private data."""
+    if extradata[:1] != b"\x01":
+        try:
+            return None, h264.split_annexb(extradata)
+        except h264.H264Error as e:
+            raise SourceError(f"the H.264 parameter sets of the input are damaged ({e}): re-mux the file") from e
     try:
-        if len(extradata) < 7 or extradata[0] != 1:
-            raise ValueError("not an avcC record")
-        length_size = (extradata[4] & 0x03) + 1
-        sets: list[bytes] = []
-        pos = 5
-        for mask in (0x1F, 0xFF):  # number of SPS (5 bits), then number of PPS (8 bits)
-            count = extradata[pos] & mask
-            pos += 1
-            for _ in range(count):
-                n = int.from_bytes(extradata[pos:pos + 2], "big")
-                nal = extradata[pos + 2:pos + 2 + n]
-                if len(nal) != n:
-                    raise ValueError("parameter set runs past the end")
-                sets.append(nal)
-                pos += 2 + n
-        return length_size, sets
-    except (IndexError, ValueError) as e:
+        cfg = h264.parse_avcc(extradata)
+    except h264.H264Error as e:
         raise SourceError(f"the H.264 configuration (avcC) of the input is damaged ({e}): re-mux the file") from e
+    return cfg.length_size, cfg.sps + cfg.pps
 
 
 class AnnexBConverter:
@@ -97,47 +75,38 @@ class AnnexBConverter:
         self.length_size: int | None = None
         self.sps: dict[int, bytes] = {}
         self.pps: list[bytes] = []
-        extradata = bytes(extradata or b"")
-        if extradata[:1] == b"\x01":
-            self.length_size, sets = _parse_avcc_parameter_sets(extradata)
-        else:
-            sets = _split_annexb(extradata)
+        self.length_size, sets = _parameter_sets(bytes(extradata or b""))
         self._remember(sets)
 
     def _remember(self, nals: list[bytes]) -> None:
-        sps = [n for n in nals if n[0] & 0x1F == NAL_SPS]
-        pps = [n for n in nals if n[0] & 0x1F == NAL_PPS]
+        sps = [n for n in nals if h264.nal_type(n) == h264.NAL_SPS]
+        pps = [n for n in nals if h264.nal_type(n) == h264.NAL_PPS]
         if sps:
             self.sps = {0: sps[-1]} if len(sps) == 1 else {i: s for i, s in enumerate(sps)}
         if pps:
             self.pps = pps
 
     def _nals(self, payload: bytes) -> list[bytes]:
-        if self.length_size is None:  # never sniff: an AVCC length of 256..511 starts with 00 00 01
-            return _split_annexb(payload)
-        nals, pos, n = [], 0, self.length_size
-        while pos < len(payload):
-            size = int.from_bytes(payload[pos:pos + n], "big")
-            pos += n
-            if size == 0 or pos + size > len(payload):
-                raise SourceError(f"a packet's NAL lengths do not add up (NAL of {size} bytes at {pos - n} of "
-                                  f"{len(payload)}): the file is damaged")
-            nals.append(payload[pos:pos + size])
-            pos += size
-        return nals
+        try:
+            if self.length_size is None:  # never sniff: an AVCC length of 256..511 starts with 00 00 01
+                return h264.split_annexb(payload)
+            return list(h264.iter_avcc(payload, self.length_size))
+        except h264.H264Error as e:
+            raise SourceError(f"a packet's NAL units do not add up ({e}): the file is damaged") from e
 
     def convert(self, payload: bytes) -> tuple[bytes, bool]:
         """(Annex B access unit, key) where key means the unit holds an IDR slice."""
         nals = self._nals(payload)
-        types = [n[0] & 0x1F for n in nals]
-        key = 5 in types
-        if NAL_SPS in types or NAL_PPS in types:
+        types = [h264.nal_type(n) for n in nals]
+        key = h264.NAL_IDR in types
+        has_sps, has_pps = h264.NAL_SPS in types, h264.NAL_PPS in types
+        if has_sps or has_pps:
             self._remember(nals)
-        if key and not (NAL_SPS in types and NAL_PPS in types) and self.sps and self.pps:
-            head = [n for n in nals if n[0] & 0x1F in (9,)]  # an access unit delimiter stays first
-            rest = [n for n in nals if n[0] & 0x1F not in (9, NAL_SPS, NAL_PPS)]
+        if key and not (has_sps and has_pps) and self.sps and self.pps:
+            head = [n for n in nals if h264.nal_type(n) == h264.NAL_AUD]  # an access unit delimiter stays first
+            rest = [n for n in nals if h264.nal_type(n) not in (h264.NAL_AUD, h264.NAL_SPS, h264.NAL_PPS)]
             nals = head + list(self.sps.values()) + self.pps + rest
-        return b"".join(START + n for n in nals), key
+        return h264.join_annexb(nals), key
 
 
 class LiveTimestamps:
@@ -200,7 +169,7 @@ RAW_PROBE_OPTIONS = {"probesize": "32", "analyzeduration": "0", "fpsprobesize": 
 class FileSource(Source):
     """A video file: paced in real time (run) or as fast as it reads (upload); optionally looped."""
 
-    def __init__(self, cfg, *, fragment_seconds: float = 2.0, paced: bool = True, clock: Clock | None = None,
+    def __init__(self, cfg, *, paced: bool = True, clock: Clock | None = None,
                  loop: bool | None = None) -> None:
         super().__init__()
         uri = getattr(cfg, "uri", None)
@@ -210,7 +179,7 @@ class FileSource(Source):
         self.fps = Fraction(cfg.fps).limit_denominator(1001) if getattr(cfg, "fps", None) else Fraction(30)
         self.loop = bool(getattr(cfg, "loop", False)) if loop is None else loop
         self.paced = paced
-        self.clock = clock or SystemClock()
+        self.clock = clock or KernelClock()
         self.raw = self.path.lower().endswith(RAW_H264_EXTENSIONS)
         self.name = f"file {os.path.basename(self.path)}" + (" (looped)" if self.loop else "")
         self.width: int | None = None
@@ -303,9 +272,10 @@ class StreamSource(Source):
     """
 
     def __init__(self, url: str, *, name: str, format: str | None = None, options: dict[str, str] | None = None,
-                 open_timeout: float = 10.0, read_timeout: float = 5.0, backoff_initial: float = 0.5,
-                 backoff_max: float = 30.0, clock: Clock | None = None,
-                 fatal_open: Callable[[BaseException], SourceError | None] | None = None) -> None:
+                 open_timeout: float = 10.0, read_timeout: float = 5.0, backoff_initial: float = LIVE_SOURCE.base_s,
+                 backoff_max: float = LIVE_SOURCE.cap_s, clock: Clock | None = None,
+                 fatal_open: Callable[[BaseException], SourceError | None] | None = None,
+                 rng: random.Random | None = None) -> None:
         super().__init__()
         self.url = url
         self.name = name
@@ -315,7 +285,8 @@ class StreamSource(Source):
         self.read_timeout = read_timeout
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
-        self.clock = clock or SystemClock()
+        self._retry = Backoff(backoff_initial, backoff_max, rng)
+        self.clock = clock or KernelClock()
         self.fatal_open = fatal_open
         self.connects = 0  # successful opens (the first one included)
         self.reconnects = 0  # retries after a failure or an end of stream
@@ -332,7 +303,7 @@ class StreamSource(Source):
     def _run(self, emit: Emit) -> None:
         import av
 
-        delay = self.backoff_initial
+        self._retry.reset()
         stamps = LiveTimestamps()
         ever_opened = False
         while not self._stopping.is_set():
@@ -345,8 +316,7 @@ class StreamSource(Source):
                     raise fatal from e
                 why = (f"no answer within {self.open_timeout:g} s" if isinstance(e, av.ExitError)
                        else _av_error_text(e, self.url))
-                self._retry_later(f"cannot open: {why}", delay)
-                delay = min(delay * 2, self.backoff_max)
+                self._retry_later(f"cannot open: {why}")
                 continue
             ever_opened = True
             self.connects += 1
@@ -376,7 +346,7 @@ class StreamSource(Source):
                     emit(Frame(data, ts, key))
                     delivered += 1
                     if delivered == 1:
-                        delay = self.backoff_initial  # it works again: the next failure starts the backoff afresh
+                        self._retry.reset()  # it works again: the next failure starts the backoff afresh
                 reason = "the stream ended"
             except av.ExitError:  # PyAV's read timeout interrupted FFmpeg: the camera went quiet
                 reason = f"no video for {self.read_timeout:g} s"
@@ -390,10 +360,10 @@ class StreamSource(Source):
                     pass
             if self._stopping.is_set():
                 return
-            self._retry_later(f"{reason} after {delivered} frames", delay)
-            delay = min(delay * 2, self.backoff_max)
+            self._retry_later(f"{reason} after {delivered} frames")
 
-    def _retry_later(self, what: str, delay: float) -> None:
+    def _retry_later(self, what: str) -> None:
+        delay = self._retry.next()
         self.last_failure = what
         self.reconnects += 1
         log.warning("%s: %s; retrying in %.1f s", self.name, what, delay)

@@ -10,44 +10,27 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from typing import Callable, Protocol
+from typing import Callable
 
+from kvs_edge.clock import Clock
+from kvs_edge.errors import EXIT_CONFIG, KvsEdgeError
 from kvs_edge.media.frame import Frame
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[[Frame], None]
 
-# H.264 NAL unit types a source needs to look at (the full parser lives in kvs_edge.media.h264).
-NAL_IDR = 5
-NAL_SPS = 7
-NAL_PPS = 8
+
+class SourceError(KvsEdgeError):
+    """A source failed for good. str() is one line for the user: what is wrong and what to do. Exit 1: `run` is
+    restarted by systemd (a camera that was unplugged may come back)."""
 
 
-class SourceError(Exception):
-    """A source failed for good. str() is one line for the user: what is wrong and what to do."""
+class SourceNotInstalled(SourceError):
+    """Software the source needs is not installed (picamera2): no restart can fix it, so it exits like a
+    configuration error (78, no restart loop)."""
 
-
-class Clock(Protocol):
-    """The two clock calls a source makes; tests pass a fake one that advances instantly."""
-
-    def monotonic_ns(self) -> int: ...
-
-    def sleep(self, seconds: float) -> None: ...
-
-
-class SystemClock:
-    """CLOCK_MONOTONIC (the capture clock of every Frame) and a real sleep."""
-
-    @staticmethod
-    def monotonic_ns() -> int:
-        return time.monotonic_ns()
-
-    @staticmethod
-    def sleep(seconds: float) -> None:
-        if seconds > 0:
-            time.sleep(seconds)
+    exit_code = EXIT_CONFIG
 
 
 class Source:
@@ -112,28 +95,6 @@ class Source:
         except Exception as e:  # a bug or an unexpected library error: still one line, the pipeline exits
             log.exception("%s failed", self.name)
             self._fail(SourceError(f"{self.name} failed: {type(e).__name__}: {e}"))
-
-
-# -- Annex B helpers (tiny: only what a source needs to label and repair access units) --------------------------
-
-def nal_types(au: bytes) -> list[int]:
-    """The nal_unit_type of every NAL unit in an Annex B access unit."""
-    types = []
-    i = au.find(b"\x00\x00\x01")
-    while i >= 0:
-        if i + 3 < len(au):
-            types.append(au[i + 3] & 0x1F)
-        i = au.find(b"\x00\x00\x01", i + 3)
-    return types
-
-
-def is_idr(au: bytes) -> bool:
-    return NAL_IDR in nal_types(au)
-
-
-def has_parameter_sets(au: bytes) -> bool:
-    t = nal_types(au)
-    return NAL_SPS in t and NAL_PPS in t
 
 
 class Pacer:

@@ -14,9 +14,10 @@ from fractions import Fraction
 
 import numpy as np
 
+from kvs_edge.clock import Clock, KernelClock
 from kvs_edge.media.frame import Frame
 
-from .base import Clock, Emit, Pacer, Source, SourceError, SystemClock
+from .base import Emit, Pacer, Source, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class TestPatternSource(Source):
 
     __test__ = False  # not a pytest test class, despite the name
 
-    def __init__(self, cfg, *, fragment_seconds: float = 2.0, clock: Clock | None = None,
+    def __init__(self, cfg, *, fragment_seconds: float, clock: Clock | None = None,
                  max_frames: int | None = None) -> None:
         super().__init__()
         self.width, self.height = int(cfg.width), int(cfg.height)
@@ -130,7 +131,7 @@ class TestPatternSource(Source):
         self.bitrate = int(cfg.bitrate) if getattr(cfg, "bitrate", None) else None
         self.profile = getattr(cfg, "profile", None) or "high"
         self.keyint = max(1, round(float(self.fps) * fragment_seconds))
-        self.clock = clock or SystemClock()
+        self.clock = clock or KernelClock()
         self.max_frames = max_frames
         self.pattern = Pattern(self.width, self.height)
         self.name = f"testpattern {self.width}x{self.height}@{float(self.fps):g}"

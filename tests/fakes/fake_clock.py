@@ -6,7 +6,7 @@ import threading
 
 
 class FakeClock:
-    """Mirrors kvs_edge.sources.base.Clock: monotonic_ns() and sleep(seconds)."""
+    """The part of kvs_edge.clock.Clock a source uses: monotonic_ns() and sleep(seconds)."""
 
     def __init__(self, start_ns: int = 1_000_000_000_000) -> None:
         self.now = start_ns

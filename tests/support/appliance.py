@@ -50,5 +50,12 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.1):
         time.sleep(interval)
 
 
+def applied(app):
+    """The supervisor's part, for tests that run an Appliance without a Supervisor: apply what the muxer and uploader
+    threads posted (connection state, counters), then hand the appliance back for the check."""
+    app.process_events()
+    return app
+
+
 def archived_frames(emu, stream="cam") -> int:
     return sum(e.frames for e in emu.archive(stream))

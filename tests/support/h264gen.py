@@ -13,7 +13,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-SDK_DIR = Path(__file__).resolve().parents[3] / "shared" / "testdata" / "kvs-sdk"
+SDK_DIR = Path(__file__).resolve().parents[1] / "data" / "kvs-sdk"  # the official SDK's sample output, see its README
 
 
 @dataclass
