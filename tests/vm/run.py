@@ -406,7 +406,7 @@ def s5_stall(bed: Bed, fig: dict) -> None:
     feed_ms = (t_feed + off) * 1000
     after = [f[0] for f in frames if f[0] >= feed_ms]
     need(after, f"{stream}: nothing stored after the camera came back")
-    fig["camera back -> first frame stored (s; the feeder resumes at a key frame, <= 2 s)"] = \
+    fig["camera back -> first frame stored (s; includes the feeder's wait for a key frame, up to 2 s)"] = \
         round((min(after) - feed_ms) / 1000, 1)
     vm.stop()
 
