@@ -76,3 +76,11 @@ def test_advertise_url_is_what_get_data_endpoint_answers(tmp_path):
         client.create_stream(StreamName="cam")
         assert client.get_data_endpoint(StreamName="cam", APIName="PUT_MEDIA")["DataEndpoint"] == \
             "http://10.0.2.100:4566"
+
+
+def test_a_host_header_without_port_gets_the_port_the_client_reached(emulator):
+    # the official C producer SDK sends "Host: localhost" (no port, as for AWS on 443)
+    assert emulator.data_endpoint({"host": "localhost"}) == f"http://localhost:{emulator.port}"
+    assert emulator.data_endpoint({"host": "[::1]"}) == f"http://[::1]:{emulator.port}"
+    assert emulator.data_endpoint({"host": "10.0.2.100:4566"}) == "http://10.0.2.100:4566"
+    assert emulator.data_endpoint({}) == emulator.url

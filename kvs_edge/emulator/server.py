@@ -98,9 +98,14 @@ class Emulator:
         the listening address only when a client sent no Host."""
         if self.advertise_url:
             return self.advertise_url
+        scheme = "https" if self._ssl else "http"
         host = headers.get("host", "").strip()
         if host and all(c.isalnum() or c in ".-:[]_" for c in host):
-            return f"{'https' if self._ssl else 'http'}://{host}"
+            if not host.rsplit("]", 1)[-1].count(":"):
+                # no port in Host (the C producer SDK sends just "localhost", as for AWS on 443): the port it reached
+                if self.port != (443 if self._ssl else 80):
+                    host = f"{host}:{self.port}"
+            return f"{scheme}://{host}"
         return self.url
 
     def start(self) -> "Emulator":
