@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="stream a test pattern to an embedded local KVS emulator")
     s.add_argument("--seconds", type=float, default=20.0, help="how long to stream (default 20)")
     s.add_argument("--data-dir", default=None, help="where the emulator archives the video (default ./demo-data)")
+    s.add_argument("--watch", action="store_true",
+                   help="in a terminal: then keep streaming, with the emulator's web console URL, until Ctrl-C")
 
     s = sub.add_parser("emulator", help="run a local Kinesis Video Streams endpoint (control plane + PutMedia)")
     s.add_argument("--host", default="127.0.0.1")
@@ -77,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("import-boot-config", help="apply kvs-edge.yaml from the boot partition (run by a oneshot unit)")
     s.add_argument("--boot", action="append", default=None, help="boot partition folder(s) to look in")
     s.add_argument("--target", default=DEFAULT_CONFIG)
+    s.add_argument("--iot-dir", default=None, help="where IoT credentials go (default: iot/ next to --target)")
     return p
 
 
