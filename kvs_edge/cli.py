@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--region", default="us-east-1")
     s.add_argument("--persist-delay", type=float, default=None, help="seconds between RECEIVED and PERSISTED")
     s.add_argument("--max-connection-seconds", type=float, default=None, help="ERROR 4003 after this (default 2700)")
+    s.add_argument("--advertise-url", default=None,
+                   help="the data endpoint GetDataEndpoint answers, e.g. http://10.0.2.100:4566 (default: the scheme "
+                        "and Host of the request, i.e. the address the client reached)")
     s.add_argument("--list", metavar="STREAM", default=None, help="print the archive index of STREAM and exit")
     s.add_argument("--iot-port", type=int, default=None,
                    help="also serve an AWS IoT credentials provider (mutual TLS) on this port (0: a free one); "

@@ -50,6 +50,7 @@ class FragmentInfo:
     size: int
     frames: int
     complete: bool
+    salvaged: bool = False  # recovered without its END record: the first `frames` frames of a fragment cut short
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +68,7 @@ class LogStats:
 
 class _Frag:
     __slots__ = ("seq", "header_id", "boot_id", "first_ms", "last_ms", "size", "frames", "complete", "completed_at",
-                 "crc", "segment", "disk_start", "offsets", "ends", "buf")
+                 "crc", "segment", "disk_start", "offsets", "ends", "buf", "salvaged")
 
     def __init__(self, seq: int, header_id: int, boot_id: str, first_ms: int) -> None:
         self.seq = seq
@@ -85,10 +86,11 @@ class _Frag:
         self.offsets = array("Q")
         self.ends = array("Q")
         self.buf: bytearray | None = None  # the bytes, while being written and for memory fragments
+        self.salvaged = False
 
     def info(self) -> FragmentInfo:
         return FragmentInfo(self.seq, self.header_id, self.boot_id, self.first_ms, self.last_ms, self.size,
-                            self.frames, self.complete)
+                            self.frames, self.complete, self.salvaged)
 
 
 class _Seg:
