@@ -43,6 +43,7 @@ class ArchiveEntry:
     session: str
     first_frame_ms: int
     last_frame_ms: int
+    tags: list[str] = field(default_factory=list)  # "NAME=VALUE" of the fragment's metadata tags
 
 
 @dataclass
@@ -171,7 +172,8 @@ class Store:
                     s.sessions[rec.session_id] = s.path / f"{rec.session_id}.mkv"
                 f.write(rec.data)
             entry = ArchiveEntry(rec.number, rec.producer_ts_ms, rec.server_ts_ms, rec.size, rec.frames,
-                                 list(rec.defects), rec.session_id, rec.first_frame_ms, rec.last_frame_ms)
+                                 list(rec.defects), rec.session_id, rec.first_frame_ms, rec.last_frame_ms,
+                                 list(rec.tags))
             with open(s.path / "index.jsonl", "a") as f:
                 f.write(json.dumps(asdict(entry)) + "\n")
             s.stats.fragments_persisted += 1
