@@ -15,6 +15,7 @@ from pathlib import Path
 
 from kvs_edge.clock import Timebase
 from kvs_edge.config import Config
+from kvs_edge.event_service import EventService
 from kvs_edge.kvs.control import ControlPlane, ControlPlaneError, DataEndpoint
 from kvs_edge.kvs.credentials import resolve_credentials
 from kvs_edge.kvs.putmedia import SessionEndKind
@@ -107,7 +108,7 @@ class StreamLink:
             log.warning("stream %s keeps no data (retention 0): fragments are released on RECEIVED",
                         cfg.stream.name)
         self.uploader = Uploader(
-            self.app.fragment_log, stream_name=cfg.stream.name, region=cfg.stream.region,
+            self.app.upload_log, stream_name=cfg.stream.name, region=cfg.stream.region,
             endpoint=DataEndpoint(control, cfg.stream.name), credentials=self.app.credentials,
             timebase=self.app.timebase, keeps_data=keeps_data, ca_bundle=cfg.aws.ca_bundle,
             stale_after_s=cfg.upload.stale_seconds, max_connection_s=cfg.upload.max_connection_minutes * 60.0,
@@ -158,9 +159,14 @@ class Appliance:
                                  fragment_seconds=cfg.stream.fragment_seconds, stall_seconds=cfg.health.stall_seconds)
         self.link = StreamLink(self, self.pipeline.events)
         self.pipeline.uploader = self.link
+        # upload.mode events/schedule: the uploader reads the log through the upload gate (event_service.py)
+        self.events = EventService.for_appliance(self)
+        self.upload_log = self.events.gate if self.events else self.fragment_log
 
     def start(self) -> None:
         self.timebase.refresh()
+        if self.events:
+            self.events.start()
         self.pipeline.start()
 
     def process_events(self) -> int:
@@ -175,6 +181,8 @@ class Appliance:
         return len(events)
 
     def stop(self, timeout: float = 5.0) -> None:
+        if self.events:
+            self.events.stop()
         self.pipeline.stop(timeout)
         try:
             self.control.close()

@@ -1,9 +1,11 @@
 """The upload policy's shell: the fragment log as the uploader sees it (upload.mode events or schedule).
 
 `UploadGate(frag_log, ...)` stands where the Uploader expects a fragment log: `next_fragment()` returns only fragments
-the policy (upload_policy.decide) selects, oldest first; `release()` of an acknowledged fragment counts it as uploaded;
-fragments the policy calls EXPIRED (events mode, older than buffer.retain_seconds and in no event) are released here,
-so the log's ordinary deletion frees them. Everything else stays in the log: the DVR.
+the policy (upload_policy.decide) selects, oldest first; `release()` of an acknowledged fragment marks it uploaded (in
+memory and in the folder's `uploaded` file, so a restart does not send it again) but keeps it in the log: the DVR
+holds uploaded video too. Fragments the policy calls EXPIRED (events mode, older than buffer.retain_seconds and in no
+event) and uploaded ones older than buffer.retain_seconds are released to the log here, so its ordinary deletion
+frees them; without retain_seconds they stay until buffer.max_bytes evicts the oldest.
 
 `trigger(label, seconds)` may be called from any thread (the control socket, the motion detector): it records the
 trigger in `events.jsonl` next to the log (so `kvs-edge events` lists it, and an event survives a restart) and wakes
@@ -33,6 +35,7 @@ from kvs_edge.upload_policy import Decision, Mode, Trigger, decide, event_for, f
 log = logging.getLogger("kvs_edge.upload_gate")
 
 EVENTS_FILE = "events.jsonl"
+UPLOADED_FILE = "uploaded"  # seqs acknowledged by KVS and kept in the log for the DVR, one per line
 
 
 @dataclass(frozen=True)
@@ -97,11 +100,31 @@ class UploadGate:
         self._lock = threading.Lock()
         self._triggers: list[Trigger] = []
         self._counted_seq = -1  # recorded-bytes bookkeeping: complete fragments up to here are counted
+        self._uploaded: set[int] = set()
         self._notified: dict[int, int] = {}  # an event's first-trigger ms -> the seq that carries its one-shot tags
         if self.folder is not None:
+            self._load_uploaded()
             for t in read_events(self.folder):
                 if t.boot_id == boot_id:
                     self._triggers.append(Trigger(t.at_ms, t.label, t.seconds))
+
+    def _load_uploaded(self) -> None:
+        path = self.folder / UPLOADED_FILE
+        try:
+            seqs = {int(x) for x in path.read_text().split()}
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as e:
+            log.warning("ignoring unreadable %s (%s): fragments already uploaded may be sent again", path, e)
+            return
+        present = {f.seq for f in self.log.fragments()}
+        self._uploaded = seqs & present
+        try:  # rewrite it with only the seqs still in the log
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(f"{q}\n" for q in sorted(self._uploaded)))
+            os.replace(tmp, path)
+        except OSError as e:
+            log.warning("cannot rewrite %s: %s", path, e.strerror or e)
 
     # -- triggers (any thread) ---------------------------------------------------------------------------------
     def now_ms(self) -> int:
@@ -167,6 +190,11 @@ class UploadGate:
         window = self._window()
         chosen = None
         for info in infos:
+            if info.seq in self._uploaded:
+                span = self._span_of(info)
+                if self.retain_ms is not None and span is not None and span[1] < now - self.retain_ms:
+                    self._expire(info)
+                continue
             d = self._decide(info, spans, now, window)
             if d is Decision.EXPIRED and info.complete:
                 self._expire(info)
@@ -199,7 +227,10 @@ class UploadGate:
             self.log.release(info.seq)
         except (LookupError, ValueError):
             return
-        self.stats.fragments_expired += 1
+        if info.seq in self._uploaded:
+            self._uploaded.discard(info.seq)
+        else:
+            self.stats.fragments_expired += 1
 
     # -- what the uploader calls ---------------------------------------------------------------------------------
     def next_fragment(self, after_seq: int | None, timeout: float):
@@ -234,11 +265,19 @@ class UploadGate:
         return fragment_tags(ev.label, first=first, notify=self.notify, images=self.images)
 
     def release(self, seq: int) -> None:
+        """The uploader got `seq` acknowledged: never offer it again; the log keeps it for the DVR."""
         info = self.log.info(seq)
-        self.log.release(seq)
-        if info is not None:
-            self.stats.fragments_uploaded += 1
-            self.stats.bytes_uploaded += info.size
+        if info is None or seq in self._uploaded:
+            return
+        self._uploaded.add(seq)
+        self.stats.fragments_uploaded += 1
+        self.stats.bytes_uploaded += info.size
+        if self.folder is not None:
+            try:
+                with open(self.folder / UPLOADED_FILE, "a") as f:
+                    f.write(f"{seq}\n")
+            except OSError as e:
+                log.warning("cannot note fragment %d as uploaded in %s: %s", seq, self.folder, e.strerror or e)
 
     def __getattr__(self, name):  # header, read, info, stats, wake, fragments: the log's own
         return getattr(self.log, name)
