@@ -5,8 +5,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # Debian tools some tests use (unit checks, shell lint); installed with apt when missing (CI runs as root).
 APT_TOOLS := shellcheck:shellcheck systemd-analyze:systemd
+# What building the official KVS C producer SDK needs (tools/kvs-sdk/build.sh, for tests/test_sdk_interop.py):
+# commands, then pkg-config modules, each with the Debian package that provides it.
+SDK_APT_TOOLS := cmake:cmake cc:build-essential make:build-essential pkg-config:pkg-config
+SDK_APT_PKGCONFIG := libcurl:libcurl4-openssl-dev openssl:libssl-dev
 
-.PHONY: test demo venv tools bench image-test clean
+.PHONY: test demo venv tools sdk-tools sdk bench image-test picamera-test clean
 
 venv: $(STAMP)
 
@@ -26,7 +30,28 @@ tools:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$pkg >/dev/null) || exit 1; \
 	done
 
-test: $(STAMP) tools
+# Installed with apt when missing and root; otherwise a notice, and the SDK interop test skips saying the same.
+sdk-tools:
+	@missing=""; \
+	for pair in $(SDK_APT_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; \
+	done; \
+	for pair in $(SDK_APT_PKGCONFIG); do \
+	  pkg-config --exists $${pair%%:*} 2>/dev/null || missing="$$missing $${pair##*:}"; \
+	done; \
+	[ -z "$$missing" ] && exit 0; \
+	missing=$$(echo $$missing | tr ' ' '\n' | sort -u | tr '\n' ' '); \
+	if [ "$$(id -u)" != 0 ]; then \
+	  echo "make: the KVS SDK interop test will skip: run 'sudo apt-get install $$missing'" >&2; exit 0; fi; \
+	echo "installing $$missing(to build the KVS SDK) with apt"; \
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null
+
+# The official KVS C producer SDK from ../shared/third-party (or $$KVS_SDK_ARCHIVES), cached under
+# /var/cache/kvs-edge-kvs-sdk-<sha256 of the archives and the script>. The interop test builds it too.
+sdk: sdk-tools
+	bash tools/kvs-sdk/build.sh
+
+test: $(STAMP) tools sdk-tools
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
@@ -45,6 +70,13 @@ bench: $(STAMP)
 # then checked inside it (see docs/image.md). Needs root; installs debootstrap/qemu-user-static/binfmt-support.
 image-test: $(STAMP)
 	bash image-build/image-test.sh
+
+# The real Picamera2 (PyPI) on a real libcamera (Debian sid's source, virtual camera, our patch): built by
+# tools/real-picamera/build.sh into /var/cache/kvs-edge-picamera-<key> (about ten minutes the first time, needs root
+# for apt), then tests/test_real_picamera2.py, which skips in plain `make test` when that build is absent.
+picamera-test: $(STAMP)
+	bash tools/real-picamera/build.sh
+	KVS_EDGE_REQUIRE_REAL_PICAMERA=1 $(PY) -m pytest -q -s tests/test_real_picamera2.py
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -86,3 +86,20 @@ def sim(monkeypatch):
     yield picamera2_sim
     picamera2_sim.world.unblock.set()  # release a stalled fake camera's stop()
     _purge_fake_camera_modules()
+
+
+# ------------------------------------------------------------------ figures shown at the end of the run
+_FIGURES: list[str] = []
+
+
+@pytest.fixture
+def figures():
+    """`figures(line)`: a measured figure to show in the test output (a "figures" section after the results)."""
+    return _FIGURES.append
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _FIGURES:
+        terminalreporter.section("figures")
+        for line in _FIGURES:
+            terminalreporter.write_line(line)

@@ -23,6 +23,8 @@ def test_every_fault_spec_sets_its_fault():
     assert f.take_failure("/putMedia")[1] == "ClientLimitExceededException"
     assert f.take_failure("/describeStream")[0] == 400
     assert f.take_failure("/putMedia") is None
+    parse_fault_spec("fail=1:500@/putMedia", f)
+    assert f.take_failure("/describeStream") is None and f.take_failure("/putMedia")[0] == 500
     parse_fault_spec("stall=5", f)
     assert 4 < f.stalled_for() <= 5
     parse_fault_spec("rate=100000", f)

@@ -68,9 +68,12 @@ def test_ack_lines_are_the_services_json():
     assert acks[0].to_json() == (b'{"EventType":"BUFFERING","FragmentTimecode":1700000000000,"FragmentNumber":"'
                                  + acks[0].number.encode() + b'"}\n')
     assert Ack("IDLE").to_json() == b'{"EventType":"IDLE"}\n'
+    # the key order the SDK logged from the real service (producer-sdk-cpp#226): ErrorCode before ErrorId
     err = Ack("ERROR", 5, "9", 4004).to_json()
-    assert err == (b'{"EventType":"ERROR","FragmentTimecode":5,"FragmentNumber":"9","ErrorId":4004,'
-                   b'"ErrorCode":"FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS"}\n')
+    assert err == (b'{"EventType":"ERROR","FragmentTimecode":5,"FragmentNumber":"9",'
+                   b'"ErrorCode":"FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS","ErrorId":4004}\n')
+    # an error that names no fragment, as logged from the service in producer-sdk-cpp#315
+    assert Ack("ERROR", None, None, 4006).to_json() == b'{"EventType":"ERROR","ErrorCode":"INVALID_MKV_DATA","ErrorId":4006}\n'
 
 
 def test_received_comes_with_the_next_cluster_or_end_of_fragment_tag_not_before():
@@ -145,16 +148,27 @@ def test_a_dropped_connection_loses_the_open_fragment_only():
     assert core.finished
 
 
-def test_sessions_of_one_stream_continue_and_4004_spans_sessions():
+def test_sessions_of_one_stream_continue_and_4004_applies_within_a_session_only():
     cursor = StreamCursor()
     core1 = session(cursor)
     run(SDK["reset.session1.mkv"], core1, end=False)
     core1.abort(NOW)
     acks, stored = run(SDK["reset.session2.mkv"], session(cursor))
     assert [r.producer_ts_ms for r in stored] == [1700000003000, 1700000004000, 1700000005000]
-    # sending the first session again: its first fragment is older than what the stream holds
-    acks, _ = run(SDK["reset.session1.mkv"], session(cursor))
+    numbers = [a.number for a in acks if a.event_type == "RECEIVED"]
+    # a new connection re-sending older fragments (what the SDK does after a reset) is accepted, numbered upwards
+    acks, stored = run(SDK["reset.session1.mkv"], session(cursor))
+    assert [r.producer_ts_ms for r in stored] == [1700000000000, 1700000001000, 1700000002000, 1700000003000]
+    assert "ERROR" not in [a.event_type for a in acks]
+    assert min(int(a.number) for a in acks if a.event_type == "RECEIVED") > max(int(n) for n in numbers)
+    assert cursor.last_frame_ms >= 1700000005000  # the stream's newest frame is kept, not moved back
+
+
+def test_4004_within_one_session_names_the_fragment():
+    twice = REF + REF[REF.index(ebml.encode_id(ebml.CLUSTER)):]  # the same clusters once more in the same body
+    acks, stored = run(twice)
     assert kinds(acks)[-1] == ("ERROR", 1700000000000) and acks[-1].error_id == 4004
+    assert len(stored) == 6
 
 
 def test_idle_acks_while_no_data_then_close_after_the_idle_timeout():
@@ -188,12 +202,17 @@ def test_error_4003_at_the_maximum_connection_duration():
 # ------------------------------------------------------------------ rejected streams
 
 
-def expect_error(data: bytes, error_id: int, timecode: int | None = None, core=None, now=NOW, **kw):
+NO_FRAGMENT = "no fragment"  # an ERROR that names no fragment: neither FragmentTimecode nor FragmentNumber
+
+
+def expect_error(data: bytes, error_id: int, timecode: int | str | None = None, core=None, now=NOW, **kw):
     core = core or session(**kw)
     acks, stored = run(data, core, now=now)
     assert acks[-1].event_type == "ERROR", kinds(acks)
     assert acks[-1].error_id == error_id, core.error
-    if timecode is not None:
+    if timecode == NO_FRAGMENT:
+        assert acks[-1].timecode is None and acks[-1].number is None
+    elif timecode is not None:
         assert acks[-1].timecode == timecode
     assert core.finished
     assert len([a for a in acks if a.event_type == "ERROR"]) == 1
@@ -219,12 +238,24 @@ def test_eleven_tags_for_a_fragment_get_4009_but_ten_pass():
     expect_error(bad, 4009, 1700000002000)
 
 
+def test_tag_groups_closed_by_end_of_fragment_tags_count_per_fragment_for_4009():
+    # What the SDK sends on a new connection after skipping fragments: their tags again, each group closed by an
+    # end-of-fragment tag, then the next cluster. 3 x 9 tags are not 27 for one fragment.
+    eofr = "AWS_KINESISVIDEO_END_OF_FRAGMENT"
+    groups = b"".join(tags_element([f"K{i}" for i in range(9)] + [eofr]) for _ in range(3))
+    acks, stored = run(insert_before_cluster(REF, 2, groups))
+    assert acks[-1].event_type == "PERSISTED" and len(stored) == 6
+    # ... but 11 tags closed by one end-of-fragment tag are too many for the fragment they close
+    bad = insert_before_cluster(REF, 2, tags_element([f"K{i}" for i in range(11)] + [eofr]))
+    expect_error(bad, 4009, 1700000001000)
+
+
 def test_a_frame_of_an_undeclared_track_gets_4010():
     expect_error(set_block(REF, 2, 5, track=2), 4010, 1700000002000)
 
 
 def test_garbage_gets_4006():
-    expect_error(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(1000), 4006, -1)  # a JPEG, the classic mistake
+    expect_error(b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + bytes(1000), 4006, NO_FRAGMENT)  # a JPEG, the classic mistake
     # garbage after cluster 2: that fragment was still open (not known complete), so it is the one rejected
     acks, stored = expect_error(insert_before_cluster(REF, 3, b"\x00garbage" * 20), 4006, 1700000002000)
     assert len(stored) == 2
@@ -252,7 +283,7 @@ def test_more_than_three_tracks_get_4012():
     new_tracks = ebml.encode_element(ebml.TRACKS, REF[tracks.offset + tracks.header_size:
                                                       tracks.offset + tracks.header_size + tracks.size] + extra)
     data = REF[:tracks.offset] + new_tracks + REF[tracks.offset + tracks.header_size + tracks.size:]
-    expect_error(data, 4012, -1)
+    expect_error(data, 4012, NO_FRAGMENT)
 
 
 def test_a_fragment_over_the_size_limit_gets_4001():

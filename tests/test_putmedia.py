@@ -138,14 +138,16 @@ def test_resend_class_and_unknown_errors_resend_from_the_oldest_unacknowledged(m
     assert is_skip_error(error_id) is False
 
 
-def test_error_without_a_timecode_is_attributed_to_the_fragment_being_parsed(media):
+# both shapes seen from KVS: -1 and "" (producer-sdk-java's ACK fixtures), no keys at all (producer-sdk-cpp#315)
+@pytest.mark.parametrize("timecode,number", [(-1, ""), (None, None)])
+def test_error_without_a_timecode_is_attributed_to_the_fragment_being_parsed(media, timecode, number):
     header, frags = media
     s = PutMediaSession(header, now=0.0)
     s.start()
     for seq, first, data in frags[:3]:
         send(s, seq, PRODUCER0 + seq * 1000, data, 1.0)
     s.on_ack(Ack("RECEIVED", PRODUCER0 + 1000), 1.1)
-    ev = s.on_ack(Ack("ERROR", -1, "", 4006, "INVALID_MKV_DATA"), 1.2)
+    ev = s.on_ack(Ack("ERROR", timecode, number, 4006, "INVALID_MKV_DATA"), 1.2)
     assert isinstance(ev[0], Report)
     assert ev[1] == FragmentSkipped(2, PRODUCER0 + 2000, 4006, "INVALID_MKV_DATA")
     assert ev[2].resend_from == 1

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from fractions import Fraction
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -117,6 +118,52 @@ def test_pi5_libav_encoder_gets_the_frame_rate_and_no_enable_sps_framerate(sim):
     assert frames[0].key and all(NAL_SPS in nal_types(f.data) for f in frames if f.key)
     assert [f.timestamp_ns for f in frames] == [s // 1000 * 1000 for s in sim.world.sensor_timestamps[:30]]
     assert len(decode(frames)) == 30
+
+
+def test_a_size_the_camera_cannot_produce_is_read_back_and_used_with_one_warning(sim, caplog):
+    # The real picamera2 on libcamera does the same (tests/test_real_picamera2.py): configure() adjusts silently.
+    sim.reset(sizes=[(640, 480), (1280, 720)])
+    src = open_source(cfg(width=1000, height=700, fps=20), fragment_seconds=1.0)
+    with caplog.at_level("WARNING", logger="kvs_edge.sources.picamera"):
+        c = run_until(src, 5)
+    assert src.error is None, src.error
+    assert (src.width, src.height) == (1280, 720)
+    assert src.name == "picamera 0 (imx708) 1280x720@20"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings == ["camera 0 (imx708) cannot produce 1000x700: using the 1280x720 it gives "
+                        "(set source.width: 1280 and source.height: 720 to silence this)"]
+    pics = decode(c.frames[:5])
+    assert (pics[0].width, pics[0].height) == (1280, 720)
+
+
+def test_a_size_the_camera_produces_gives_no_warning(sim, caplog):
+    sim.reset(sizes=[(640, 480), (1280, 720)])
+    src = open_source(cfg(width=640, height=480), fragment_seconds=1.0)
+    with caplog.at_level("WARNING", logger="kvs_edge.sources.picamera"):
+        run_until(src, 3)
+    assert src.error is None and (src.width, src.height) == (640, 480)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+def test_pi5_fractional_frame_rate_reaches_the_libav_encoder_as_a_fraction(sim):
+    # PyAV's add_stream(rate=29.97) raises AttributeError inside the real LibavH264Encoder; 2997/100 works.
+    sim.reset(platform="pisp")
+    src = open_source(cfg(fps=29.97), fragment_seconds=1.0)
+    c = run_until(src, 3)
+    assert src.error is None, src.error
+    _, kwargs, _ = sim.world.encoders[0]
+    assert kwargs["framerate"] == Fraction(2997, 100)
+    assert len(decode(c.frames[:3])) == 3
+
+
+def test_the_fake_pi5_encoder_rejects_a_float_frame_rate_like_the_real_one(sim):
+    sim.reset(platform="pisp")
+    from picamera2.encoders import LibavH264Encoder
+
+    enc = LibavH264Encoder(bitrate=1_000_000, framerate=30.0)
+    enc.width, enc.height = 64, 64
+    with pytest.raises(AttributeError):
+        enc._start()
 
 
 def test_the_fake_pi5_encoder_rejects_enable_sps_framerate_like_the_real_one(sim):

@@ -233,6 +233,53 @@ def test_acks_arrive_while_the_body_is_still_open_over_tls(ca, ca_file):
     assert dict(req.headers)[b"transfer-encoding"] == b"chunked"
 
 
+# ACK lines as the SDK logged them from the real service (producer-sdk-cpp#226 for the ERROR), numbers from KVS docs
+SERVICE_ACKS = [
+    b'{"EventType":"BUFFERING","FragmentTimecode":1700000000000,'
+    b'"FragmentNumber":"91343852333181442301154137053453109232642451704"}\n',
+    b'{"EventType":"RECEIVED","FragmentTimecode":1700000000000,'
+    b'"FragmentNumber":"91343852333181442301154137053453109232642451704"}\n',
+    b'{"EventType":"PERSISTED","FragmentTimecode":1700000000000,'
+    b'"FragmentNumber":"91343852333181442301154137053453109232642451704"}\n',
+    b'{"EventType":"IDLE"}\n',
+    b'{"EventType":"ERROR","FragmentTimecode":0,"FragmentNumber":"91343852333181571046918222741096071001568090649",'
+    b'"ErrorCode":"FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS","ErrorId":4004}\n',
+    b'{"EventType":"ERROR","ErrorCode":"INVALID_MKV_DATA","ErrorId":4006}\n',  # producer-sdk-cpp#315
+]
+
+
+@pytest.mark.parametrize("framing", ["one ACK per chunk", "all ACKs in one chunk"])
+def test_acks_are_read_whatever_the_chunk_framing(ca, ca_file, framing):
+    """KVS sends one ACK per HTTP chunk (the SDK's parser needs it); the client must not depend on it either way."""
+    def handler(sock, conn, req):
+        respond(sock, conn)
+        assert isinstance(next_event(sock, conn), h11.Data)
+        if framing == "one ACK per chunk":
+            wire = b"".join(conn.send(h11.Data(data=a)) for a in SERVICE_ACKS)
+        else:
+            wire = conn.send(h11.Data(data=b"".join(SERVICE_ACKS)))
+        sock.sendall(wire)
+        body_until_end(sock, conn)
+        sock.sendall(conn.send(h11.EndOfMessage()))
+
+    srv = ScriptedServer(handler, ca)
+    c = open_conn(srv.url, ca_file)
+    c.write(b"mkv bytes")
+    acks = pump_until(c, lambda g: len(g) >= len(SERVICE_ACKS))
+    assert acks == [Ack("BUFFERING", 1700000000000, "91343852333181442301154137053453109232642451704"),
+                    Ack("RECEIVED", 1700000000000, "91343852333181442301154137053453109232642451704"),
+                    Ack("PERSISTED", 1700000000000, "91343852333181442301154137053453109232642451704"),
+                    Ack("IDLE"),
+                    Ack("ERROR", 0, "91343852333181571046918222741096071001568090649",
+                        4004, "FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS"),
+                    Ack("ERROR", None, None, 4006, "INVALID_MKV_DATA")]
+    c.end_body()
+    with pytest.raises(ConnectionLost):
+        pump_until(c, lambda g: False)
+    srv.thread.join(5)
+    assert not srv.errors
+
+
 def test_untrusted_certificate_is_one_clear_line(ca):
     srv = ScriptedServer(lambda *a: None, ca)
     with pytest.raises(TransportError) as ei:

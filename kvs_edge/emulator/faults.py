@@ -142,7 +142,8 @@ def parse_fault_spec(spec: str, faults: Faults) -> Callable[[], None] | None:
     """Apply one --fault SPEC. Returns a callable for faults that start later (refuse=S ends the offline period).
 
     drop-after-bytes=N[xTIMES]   drop-random=SEED      delay-acks=SECONDS    error=ID@NTH
-    fail=K:KIND (KIND 500|503|throttle)   refuse=SECONDS (offline from start for SECONDS)
+    fail=K:KIND[@PATH] (KIND 500|503|throttle; PATH e.g. /putMedia: only requests to it)
+    refuse=SECONDS (offline from start for SECONDS)
     stall=SECONDS (from start)   rate=BYTES_PER_S
     """
     key, sep, value = spec.partition("=")
@@ -161,7 +162,8 @@ def parse_fault_spec(spec: str, faults: Faults) -> Callable[[], None] | None:
             faults.error_on_fragment(int(eid), int(nth or 1))
         elif key == "fail":
             k, _, kind = value.partition(":")
-            faults.fail_next(int(k), kind or "503")
+            kind, _, path = kind.partition("@")
+            faults.fail_next(int(k), kind or "503", paths=[path] if path else None)
         elif key == "refuse":
             seconds = float(value)
             faults.set_offline(True)

@@ -12,9 +12,11 @@ no clock (every call takes `now`, epoch seconds).
 What KVS checks (docs/kvs-putmedia.md) and the ERROR it sends, after which the connection ends:
   4006 not valid MKV (no EBML header, a second Segment, a frame outside a cluster, AVCC NAL lengths that do not add up,
        a Block Group, a broken element), 4012 more than 3 tracks, 4010 a frame of a track not in the header,
-  4004 a fragment whose first frame is not strictly later than the previous fragment's last frame (also across
-       sessions: the stream's `StreamCursor` remembers it), 4002 a fragment longer than 20 s, 4001 larger than 50 MB,
-  4007 a producer timestamp too far in the future, 4009 more than 10 metadata tags for a fragment, 4003 connection
+  4004 a fragment whose first frame is not strictly later than the previous fragment's last frame of the same
+       PutMedia session (a new connection may re-send what an earlier one already delivered: the SDK does so after
+       every reset), 4002 a fragment longer than 20 s, 4001 larger than 50 MB,
+  4007 a producer timestamp too far in the future, 4009 more than 10 metadata tags for a fragment (tags closed by an
+       AWS_KINESISVIDEO_END_OF_FRAGMENT tag count for the fragment they close, not the next one), 4003 connection
        open longer than the maximum.
 A fragment that does not start with a key frame is accepted and recorded with the playback defect "no-key-frame".
 """
@@ -86,14 +88,28 @@ class Ack:
     error_id: int | None = None
 
     def to_json(self) -> bytes:
-        """One ACK line exactly as KVS writes it: compact JSON, keys in the service's order, newline-terminated."""
+        """One ACK line exactly as KVS writes it: compact JSON, keys in the service's order, newline-terminated.
+
+        The key order of an ERROR is the one the SDK logged from the real service (producer-sdk-cpp#226):
+          {"EventType":"ERROR","FragmentTimecode":0,"FragmentNumber":"9134...",
+           "ErrorCode":"FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS","ErrorId":4004}
+        An error that belongs to no fragment (the MKV could not be parsed: no cluster to name) carries neither
+        FragmentTimecode nor FragmentNumber, as logged from the service in producer-sdk-cpp#315:
+          {"EventType":"ERROR","ErrorCode":"INVALID_MKV_DATA","ErrorId":4006}
+        (The PIC's ACK parser reads FragmentTimecode with an unsigned STRTOUI64, so a `-1` there would make it drop
+        the whole ACK; without the key it falls back to "the current view item", PIC StreamEvent.c
+        streamFragmentAckEvent: "Fix-up the invalid timestamp".)
+        """
         if self.event_type == IDLE:
             obj: dict = {"EventType": IDLE}
         else:
-            obj = {"EventType": self.event_type, "FragmentTimecode": self.timecode, "FragmentNumber": self.number}
+            obj = {"EventType": self.event_type}
+            if self.timecode is not None:
+                obj["FragmentTimecode"] = self.timecode
+                obj["FragmentNumber"] = self.number
             if self.event_type == ERROR:
-                obj["ErrorId"] = self.error_id
                 obj["ErrorCode"] = ERROR_CODES.get(self.error_id, "UNKNOWN_ERROR")
+                obj["ErrorId"] = self.error_id
         return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
@@ -125,8 +141,8 @@ Output = Ack | Store
 
 
 class StreamCursor:
-    """Per-stream state that outlives a connection: the last frame time (rule 4004 across sessions) and the last
-    fragment number handed out. Thread-safe: an old session may still finish while a new one runs."""
+    """Per-stream state that outlives a connection: the newest frame time received (kept for the record; rule 4004
+    applies within one session only) and the last fragment number handed out. Thread-safe: an old session may still finish while a new one runs."""
 
     NUMBER_PREFIX = "91343852333"
 
@@ -228,6 +244,7 @@ class PutMediaIngest:
         self._tag_list: list[str] = []  # the user/event tags waiting for the next cluster, "NAME=VALUE"
         self._fragment: _Fragment | None = None
         self._last: _Fragment | None = None  # last fragment started (for 4003's timecode)
+        self._last_frame_ms: int | None = None  # last frame of the previous fragment of this session (rule 4004)
         self._to_persist: list[tuple[float, FragmentRecord]] = []
 
     # ---------------------------------------------------------------- public API
@@ -324,12 +341,21 @@ class PutMediaIngest:
         if self.body_ended and not self._to_persist and not self.finished:
             self.finished = True
 
-    def _fail(self, error_id: int, message: str, out: list[Output]) -> None:
-        frag = self._fragment or (self._last if error_id == 4003 else None)
+    def archive_failed(self, record: FragmentRecord, message: str) -> list[Output]:
+        """The shell could not archive `record` (its Store output failed): instead of its PERSISTED, an ERROR 5001
+        (ARCHIVAL_ERROR, "failed to persist": the SDK resends, docs/kvs-putmedia.md section 2), and, as after every
+        ERROR, the connection ends."""
+        out: list[Output] = []
+        if not self.finished:
+            self._fail(5001, f"fragment {record.number} could not be archived: {message}", out, record)
+        return out
+
+    def _fail(self, error_id: int, message: str, out: list[Output], frag=None) -> None:
+        frag = frag or self._fragment or (self._last if error_id == 4003 else None)
         if frag is not None:
             out.append(Ack(ERROR, frag.timecode, frag.number, error_id))
         else:
-            out.append(Ack(ERROR, -1, "", error_id))
+            out.append(Ack(ERROR, None, None, error_id))  # no fragment to name: see Ack.to_json
         self.error = (error_id, message)
         self._fragment = None
         out += [Store(r) for _, r in self._to_persist]
@@ -347,7 +373,9 @@ class PutMediaIngest:
         if injected:
             self._fragment = frag
             raise _Reject(injected, "injected fault")
-        self.cursor.last_frame_ms = frag.last_frame_ms
+        self._last_frame_ms = frag.last_frame_ms
+        if self.cursor.last_frame_ms is None or frag.last_frame_ms > self.cursor.last_frame_ms:
+            self.cursor.last_frame_ms = frag.last_frame_ms
         out.append(Ack(RECEIVED, frag.timecode, frag.number))
         if self.keeps_data:
             data = b"".join([_CLUSTER_UNKNOWN, _TIMECODE_HEAD, frag.archived_timecode.to_bytes(8, "big", signed=True),
@@ -429,6 +457,14 @@ class PutMediaIngest:
         elif eid == ebml.TAG_NAME:
             name = ebml.read_string(data)
             if name == END_OF_FRAGMENT_TAG:
+                # An end-of-fragment tag closes the fragment before it together with the metadata tags sent since
+                # its frames: the SDK writes "Cluster, frames, its tags, END_OF_FRAGMENT", and after skipping
+                # fragments (4004, 4009, ...) it re-sends their tags, each group closed by this tag, before the
+                # next cluster. 4009 is "fragment metadata limit" and the limit is per fragment
+                # (docs/kvs-putmedia.md section 3, "at most 10 metadata tags"), so the groups do not add up.
+                tags, self._pending_tags = self._pending_tags, 0
+                if tags > self.limits.max_tags and self._fragment is not None:
+                    raise _Reject(4009, f"{tags} metadata tags for one fragment (at most {self.limits.max_tags})")
                 self._complete(now, out)
             else:
                 self._pending_tags += 1
@@ -500,9 +536,13 @@ class PutMediaIngest:
         key = bool(flags & 0x80)
         ts = self._ms(frag.timecode + rel) + self.relative_ms
         if frag.frames == 0:
-            if self.cursor.last_frame_ms is not None and ts <= self.cursor.last_frame_ms:
+            # AWS: "4004 - FRAGMENT_TIMECODE_LESSER_THAN_PREVIOUS - Fragment timecode is less than the timecode
+            # previous time code (within a PutMedia call, you cannot send fragments out of order)." Within one
+            # call only: a new connection re-sends from the last fragment it has no ACK for (the SDK's rollback,
+            # docs/kvs-putmedia.md section 5), and that is accepted (kept twice if it was stored before).
+            if self._last_frame_ms is not None and ts <= self._last_frame_ms:
                 raise _Reject(4004, f"fragment starts at {ts} ms, not after the previous one's last frame "
-                                    f"{self.cursor.last_frame_ms} ms")
+                                    f"{self._last_frame_ms} ms")
             frag.first_frame_ms = frag.last_frame_ms = ts
             if not key and DEFECT_NO_KEY_FRAME not in frag.defects:
                 frag.defects.append(DEFECT_NO_KEY_FRAME)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import select
 import socket
 import ssl
 import struct
@@ -35,6 +36,7 @@ DEFAULT_SECRET_ACCESS_KEY = "kvs-edge-emulator-secret"
 
 MAX_CONTROL_BODY = 1 << 20
 READ_SIZE = 256 * 1024
+STALL_BUFFER = 32 << 20  # what a stalled connection still takes off the socket before it stops reading
 SERVER_NAME = b"kvs-edge-emulator"
 
 
@@ -70,6 +72,7 @@ class Emulator:
         self.store = Store(self.data_dir, region)
         self.faults = Faults(on_offline=self._set_offline)
         self._listener: socket.socket | None = None
+        self._listening = False
         self._lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         self._threads: set[threading.Thread] = set()
@@ -86,11 +89,14 @@ class Emulator:
         return f"{'https' if self._ssl else 'http'}://{host}:{self.port}"
 
     def start(self) -> "Emulator":
-        self._listen()
+        # Offline from the start (`--fault refuse=S`): the port is bound (so it is known and stays ours) but not
+        # listening, which refuses connections; going online later starts listening on this very socket.
+        self._listen(listening=not self.faults.offline)
         self._running = True
         self._accept_thread = threading.Thread(target=self._accept_loop, name="kvs-emulator-accept", daemon=True)
         self._accept_thread.start()
-        log.info("KVS emulator listening on %s (data in %s)", self.url, self.data_dir)
+        # DEBUG: `kvs-edge emulator` prints its own start line (with region and credentials) on stdout
+        log.debug("KVS emulator listening on %s (data in %s)", self.url, self.data_dir)
         return self
 
     def stop(self) -> None:
@@ -139,16 +145,18 @@ class Emulator:
             return replace(st, error_acks=list(st.error_acks), http_errors=list(st.http_errors))
 
     # ---------------------------------------------------------------- sockets
-    def _listen(self) -> None:
+    def _listen(self, listening: bool = True) -> None:
         family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
         s = socket.socket(family, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((self.host, self.port))
-        s.listen(64)
+        if listening:
+            s.listen(64)
         s.settimeout(0.2)
         self.port = s.getsockname()[1]
         with self._lock:
             self._listener = s
+            self._listening = listening
 
     def _set_offline(self, offline: bool) -> None:
         if not self._running:
@@ -163,12 +171,18 @@ class Emulator:
             for c in conns:
                 _shutdown(c)
         else:
-            self._listen()
+            with self._lock:
+                bound = self._listener if not self._listening else None
+                if bound is not None:
+                    bound.listen(64)
+                    self._listening = True
+            if bound is None:
+                self._listen()
 
     def _accept_loop(self) -> None:
         while self._running:
             lst = self._listener
-            if lst is None:
+            if lst is None or not self._listening:
                 time.sleep(0.05)
                 continue
             try:
@@ -278,6 +292,7 @@ class Emulator:
 
     def _drain(self, h: h11.Connection, conn: socket.socket, limit: int = MAX_CONTROL_BODY) -> bytes | None:
         """Read the whole (small) request body; None when it exceeds `limit`."""
+        _continue(h, conn)
         parts, size = [], 0
         while True:
             ev = _next_event(h, conn)
@@ -363,6 +378,7 @@ class Emulator:
                                   persist_delay_s=self.persist_delay_s, idle_timeout_s=self.idle_timeout_s,
                                   idle_ack_s=self.idle_ack_s, max_connection_s=self.max_connection_s,
                                   limits=self.limits, error_hook=self.faults.fragment_error)
+            _continue(h, conn)
             conn.sendall(h.send(h11.Response(status_code=200, headers=[
                 (b"content-type", b"application/json"), (b"x-amzn-requestid", str(uuid.uuid4()).encode()),
                 (b"server", SERVER_NAME)])))
@@ -381,15 +397,23 @@ class Emulator:
         next_read = 0.0  # monotonic time before which the rate limit forbids reading
         body_done = False
         alive = True
+        stalled_bytes = 0  # read (not processed) during the current stall
 
         def handle(outputs) -> None:
             delay = self.faults.ack_delay
-            for o in outputs:
+            pending = list(outputs)
+            while pending:
+                o = pending.pop(0)
                 if isinstance(o, StoreOut):
                     try:
                         self.store.store_fragment(stream, o.record)
-                    except StoreError:
-                        pass
+                    except (StoreError, OSError) as e:
+                        # Never PERSISTED for what is not in the archive: ERROR 5001 instead, which ends the
+                        # connection (the producer resends); what else this batch had to archive is still tried.
+                        log.error("cannot archive fragment %s of stream %s: %s", o.record.number,
+                                  stream.info.get("StreamName"), getattr(e, "message", None) or e)
+                        pending = core.archive_failed(o.record, str(e)) + [x for x in pending
+                                                                            if isinstance(x, StoreOut)]
                 elif isinstance(o, Ack):
                     with stream.lock:
                         if o.event_type == "RECEIVED":
@@ -406,9 +430,15 @@ class Emulator:
             now = time.monotonic()
             out = []
             while queue and queue[0][0] <= now:
-                out.append(queue.popleft()[1])
+                # One ACK per HTTP chunk. The SDK hands every chunk curl delivers to its ACK parser (producer-c
+                # Response.c postWriteCallback -> PIC kinesisVideoStreamParseFragmentAck), which takes the upload
+                # handle once per call and forgets it after the first ACK it parses (PIC AckParser.c
+                # processParsedAck -> resetAckParserState): a second ACK in the same chunk is dropped as "received
+                # for an already expired upload handle". The SDK works against the real service, so the service
+                # sends each ACK in its own chunk.
+                out.append(h.send(h11.Data(data=queue.popleft()[1])))
             if out:
-                conn.sendall(h.send(h11.Data(data=b"".join(out))))
+                conn.sendall(b"".join(out))
 
         try:
             while self._running:
@@ -417,8 +447,25 @@ class Emulator:
                 now_m = time.monotonic()
                 stall = self.faults.stalled_for()
                 if stall > 0 and not body_done:
-                    time.sleep(min(stall, 0.1))
+                    # Stalled: nothing is processed or acknowledged. The front end still takes bytes off the
+                    # socket (up to STALL_BUFFER, then it stops reading), as the service's TLS-terminating front
+                    # end does: so it sees a client that gives up and closes (its FIN waits behind the data it
+                    # had queued), and frees the stream's single connection slot for the client's next attempt.
+                    if stalled_bytes < STALL_BUFFER:
+                        conn.settimeout(min(stall, 0.1))
+                        try:
+                            data = conn.recv(min(READ_SIZE, STALL_BUFFER - stalled_bytes))
+                        except (socket.timeout, ssl.SSLWantReadError):
+                            continue
+                        if not data:
+                            raise _Closed("the client closed the connection while the server was stalled")
+                        h.receive_data(data)  # held by h11 until the stall ends
+                        stalled_bytes += len(data)
+                        received += len(data)
+                    else:
+                        _stalled_wait(conn, min(stall, 0.1))
                     continue
+                stalled_bytes = 0
                 waits = []
                 dl = core.deadline()
                 if dl is not None:
@@ -457,7 +504,7 @@ class Emulator:
                 if rate:
                     next_read = max(next_read, time.monotonic()) + len(data) / rate
                 while self._running and self.faults.stalled_for() > 0:  # a stall that began during this recv
-                    time.sleep(min(self.faults.stalled_for(), 0.1))
+                    _stalled_wait(conn, min(self.faults.stalled_for(), 0.1))
                 h.receive_data(data)
                 received += len(data)
                 if _pump_events(h, stream, core, handle):
@@ -495,6 +542,23 @@ def _pump_events(h: h11.Connection, stream, core: PutMediaIngest, handle) -> boo
             return True
         elif isinstance(ev, h11.ConnectionClosed):
             raise _Closed("client closed the connection")
+
+
+def _stalled_wait(sock: socket.socket, seconds: float) -> None:
+    """Wait without reading (a stalled server), but notice the client going away: a client that gives up on a
+    stalled connection closes it, and its stream's single connection slot must be free for the next one (else every
+    reconnect gets ConnectionLimitExceeded until the stall ends). Raises _Closed when the peer closed or reset."""
+    p = select.poll()
+    p.register(sock.fileno(), select.POLLRDHUP | select.POLLHUP | select.POLLERR)
+    if p.poll(max(0, int(seconds * 1000))):
+        raise _Closed("the client closed the connection while the server was stalled")
+
+
+def _continue(h: h11.Connection, conn: socket.socket) -> None:
+    """`100 Continue` to a client that sent `Expect: 100-continue` (curl, hence the SDK, does on every PutMedia and
+    waits up to a second or more for it before sending the body, RFC 9110 section 10.1.1)."""
+    if h.they_are_waiting_for_100_continue:
+        conn.sendall(h.send(h11.InformationalResponse(status_code=100, headers=[])))
 
 
 def _next_event(h: h11.Connection, conn: socket.socket):

@@ -5,8 +5,11 @@ so they are imported when the source starts, never when this module is imported.
 
 - Encoder: `H264Encoder` is the hardware encoder on VC4 boards (Pi Zero 2, 3, 4, CM4) and an alias of
   `LibavH264Encoder` (libx264) on a Pi 5. It gets repeat=True (SPS/PPS before every IDR, so any fragment can start a
-  session), iperiod = fps x fragment seconds (one IDR per fragment), the bitrate, profile and the frame rate (the libav
-  encoder assumes 30 fps unless told). `enable_sps_framerate` is never passed: the libav encoder has no such parameter.
+  session), iperiod = fps x fragment seconds (one IDR per fragment), the bitrate, profile and the frame rate as a
+  Fraction (the libav encoder assumes 30 fps unless told, and PyAV rejects a float rate). `enable_sps_framerate` is
+  never passed: the libav encoder has no such parameter.
+- Size: libcamera adjusts a size the camera cannot produce, and picamera2's configure() accepts that silently;
+  the size read back from `camera_config["main"]` after configure() is the one used (and named, with one warning).
 - Capture time: `encoder.firsttimestamp + timestamp` in microseconds, on the SensorTimestamp clock (CLOCK_MONOTONIC
   on a Pi that never suspends), converted to ns.
 - The `Output` subclass only builds a Frame and calls emit (which never blocks): a slow outputframe stalls the camera.
@@ -23,6 +26,7 @@ import logging
 import os
 import threading
 import time
+from fractions import Fraction
 
 from kvs_edge.config import HealthConfig
 from kvs_edge.media.frame import Frame
@@ -66,11 +70,15 @@ class PicameraSource(Source):
             stall_seconds = getattr(cfg, "stall_seconds", None)
         self.stall_seconds = float(stall_seconds or DEFAULT_STALL_SECONDS)
         self.model = "?"
-        self.name = f"picamera {self.camera_index} {self.width}x{self.height}@{float(self.fps):g}"
+        self._set_name()
         self.last_frame_mono: float | None = None
         self._camera = None
         self._recording = False
         self._wakeup = threading.Event()
+
+    def _set_name(self) -> None:
+        model = f" ({self.model})" if self.model != "?" else ""
+        self.name = f"picamera {self.camera_index}{model} {self.width}x{self.height}@{float(self.fps):g}"
 
     # -- the camera -------------------------------------------------------------------------------------------------
     def _import(self):
@@ -107,7 +115,7 @@ class PicameraSource(Source):
             raise SourceError(f"source.camera_index {self.camera_index}: no such camera (found {models}); "
                               f"set source.camera_index to 0..{len(cameras) - 1}")
         self.model = str(cameras[self.camera_index].get("Model", "?"))
-        self.name = f"picamera {self.camera_index} ({self.model}) {self.width}x{self.height}@{float(self.fps):g}"
+        self._set_name()
         tuning = self._load_tuning(Picamera2)
         try:
             camera = Picamera2(camera_num=self.camera_index, tuning=tuning)
@@ -127,11 +135,31 @@ class PicameraSource(Source):
         except (RuntimeError, ValueError) as e:
             raise SourceError(f"camera {self.camera_index} ({self.model}) refused {self.width}x{self.height}@"
                               f"{float(self.fps):g} ({e}): pick a size and frame rate the sensor supports") from e
+        self._read_back(camera)
         return camera
+
+    def _read_back(self, camera) -> None:
+        """Use the size the camera really gives: libcamera's validate() adjusts a size the camera cannot produce
+        (1000x700 may become 1280x720) and picamera2's configure() accepts the adjustment without raising."""
+        main = (getattr(camera, "camera_config", None) or {}).get("main") or {}
+        fmt = str(main.get("format", "YUV420"))
+        if fmt != "YUV420":  # the H.264 encoders take YUV420 from the camera; anything else cannot be encoded
+            raise SourceError(f"camera {self.camera_index} ({self.model}) gives {fmt} frames, not YUV420: "
+                              "kvs-edge cannot encode them; use a Raspberry Pi camera (libcamera's rpi pipeline)")
+        width, height = (int(v) for v in main.get("size", (self.width, self.height)))
+        if (width, height) != (self.width, self.height):
+            log.warning("camera %d (%s) cannot produce %dx%d: using the %dx%d it gives (set source.width: %d and "
+                        "source.height: %d to silence this)", self.camera_index, self.model, self.width, self.height,
+                        width, height, width, height)
+            self.width, self.height = width, height
+            self._set_name()
 
     def _encoder(self, encoders):
         H264Encoder = encoders.H264Encoder
-        kwargs = dict(bitrate=int(self.cfg.bitrate), repeat=True, iperiod=self.iperiod, framerate=self.fps,
+        # A Fraction, never a float: the libav encoder hands it to PyAV's add_stream(rate=...), which raises
+        # AttributeError on a float (found by the real picamera2, tests/test_real_picamera2.py).
+        framerate = Fraction(self.fps).limit_denominator(1001)
+        kwargs = dict(bitrate=int(self.cfg.bitrate), repeat=True, iperiod=self.iperiod, framerate=framerate,
                       profile=str(getattr(self.cfg, "profile", "high") or "high"))
         try:
             params = inspect.signature(H264Encoder).parameters

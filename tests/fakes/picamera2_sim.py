@@ -19,6 +19,9 @@ IMX708 = {"Model": "imx708", "Location": 2, "Rotation": 180, "Id": "/base/soc/i2
 class World:
     cameras: list[dict] = field(default_factory=lambda: [dict(IMX708)])
     platform: str = "vc4"  # "vc4": hardware H264Encoder (Pi Zero 2/3/4/CM4); "pisp": Pi 5, H264Encoder is libav
+    # The sizes the camera can produce; None: any even size (the Pi's ISP scales). A size not listed is adjusted by
+    # configure() to the largest one, silently, as libcamera's validate() + picamera2's configure() do.
+    sizes: list[tuple[int, int]] | None = None
     stall_after_frames: int | None = None  # the camera delivers this many frames, then none (loose ribbon)
     init_error: BaseException | None = None  # raised by Picamera2() after the camera was found (e.g. busy)
     tuning_dirs: list[str] = field(default_factory=list)  # where load_tuning_file looks when dir is None

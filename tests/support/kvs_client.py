@@ -55,10 +55,11 @@ class PutMediaClient:
     """One PutMedia request, driven step by step: send part of the body, read the ACKs so far, send more..."""
 
     def __init__(self, url: str, stream: str, *, ca_file: str | None = None, headers: dict[str, str] | None = None,
-                 timeout: float = 10.0, **kw):
+                 timeout: float = 10.0, extra_headers: dict[str, str] | None = None, **kw):
         self.url = url.rstrip("/")
         u = urlsplit(self.url)
         self.headers = headers if headers is not None else put_media_headers(self.url, stream, **kw)
+        self.headers = {**self.headers, **(extra_headers or {})}
         raw = socket.create_connection((u.hostname, u.port), timeout=timeout)
         if u.scheme == "https":
             ctx = ssl.create_default_context(cafile=ca_file)
@@ -72,6 +73,8 @@ class PutMediaClient:
         self.ended = False  # the response ended (the server closed the request)
         self._buf = b""
         self.acks: list[dict] = []  # every ACK read so far
+        self.chunks: list[bytes] = []  # the response body's HTTP chunks as they were framed on the wire
+        self.informational: list[int] = []  # 1xx responses before the final one (100 Continue)
         hdrs = [("host", u.netloc), ("transfer-encoding", "chunked")] + [
             (k, v) for k, v in self.headers.items() if k.lower() != "host"]
         self.sock.sendall(self.h.send(h11.Request(method="POST", target="/putMedia", headers=hdrs)))
@@ -80,7 +83,9 @@ class PutMediaClient:
         """Wait for the response head (KVS sends it before reading the body). Returns the HTTP status."""
         while self.status is None:
             ev = self._next(timeout or self.timeout)
-            if isinstance(ev, h11.Response):
+            if isinstance(ev, h11.InformationalResponse):
+                self.informational.append(ev.status_code)
+            elif isinstance(ev, h11.Response):
                 self.status = ev.status_code
                 self.response_headers = {k.decode(): v.decode() for k, v in ev.headers}
             elif ev is None:
@@ -126,6 +131,9 @@ class PutMediaClient:
             if ev is None:
                 break
             if isinstance(ev, h11.Data):
+                if ev.chunk_start or not self.chunks:
+                    self.chunks.append(b"")
+                self.chunks[-1] += ev.data
                 self._buf += ev.data
                 *lines, self._buf = self._buf.split(b"\n")
                 new = [json.loads(x) for x in lines if x.strip()]

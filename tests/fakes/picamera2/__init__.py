@@ -125,6 +125,11 @@ class Picamera2:
             raise RuntimeError("size in main stream should be (width, height)")
         if size[0] % 2 or size[1] % 2:
             raise RuntimeError("width and height should be even")
+        sizes = self._world.sizes
+        if sizes is not None and tuple(size) not in sizes:
+            # libcamera's validate() answers Adjusted and picamera2 writes the adjusted stream back into the
+            # caller's "main" dict (a shallow copy shares it), logging only "Camera configuration has been adjusted!"
+            camera_config["main"]["size"] = max(sizes, key=lambda s: s[0] * s[1])
         self.camera_config = camera_config
 
     # -- recording ------------------------------------------------------------------------------------------------

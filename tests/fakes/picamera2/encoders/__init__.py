@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from enum import Enum
@@ -275,6 +276,10 @@ class LibavH264Encoder(Encoder):
                                                            / (1920 * 1080 * 30)) ** 0.5)
 
     def _start(self):
+        # As the real one: its stream comes from PyAV's add_stream(codec, rate=self.framerate), which raises
+        # AttributeError ('float' object has no attribute 'numerator') for a float frame rate.
+        with av.open(os.devnull, "w", format="null") as container:
+            container.add_stream("libx264", rate=self.framerate)
         preset = "ultrafast"
         if self.profile is not None:
             if self.profile.lower() not in ("baseline", "constrained baseline", "main", "high"):
