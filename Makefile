@@ -65,6 +65,8 @@ bench: $(STAMP)
 	$(PY) bench/log.py
 	$(PY) bench/drain.py
 	$(PY) bench/pipeline.py
+	$(PY) bench/events.py
+	$(PY) bench/motion.py
 
 # Debian arm64 root file system under qemu-user-static, kvs-edge installed by the pi-gen stage's install path,
 # then checked inside it (see docs/image.md). Needs root; installs debootstrap/qemu-user-static/binfmt-support.

@@ -43,6 +43,15 @@ class Metrics:
         self.capture_to_persisted = Histogram(
             "capture_to_persisted_seconds", "From the capture of a fragment's last frame to PERSISTED",
             namespace=ns, registry=r, buckets=LATENCY_BUCKETS)
+        # upload.mode events/schedule (the status file's "upload" part)
+        self.retained_seconds = Gauge("retained_seconds", "Seconds of video the fragment log holds (the DVR)",
+                                      namespace=ns, registry=r)
+        self.events = Gauge("events", "Triggers recorded since the start (upload.mode events)", namespace=ns,
+                            registry=r)
+        self.bytes_uploaded = Gauge("bytes_uploaded", "Fragment bytes acknowledged since the start (events/schedule)",
+                                    namespace=ns, registry=r)
+        self.bytes_recorded = Gauge("bytes_recorded", "Fragment bytes recorded since the start (events/schedule)",
+                                    namespace=ns, registry=r)
         self._totals: dict[str, float] = {}
 
     def apply_status(self, status: dict[str, Any]) -> None:
@@ -73,6 +82,12 @@ class Metrics:
         self.connected.set(1 if connection.get("state") == "connected" else 0)
         self.camera_ok.set(1 if camera.get("state") == "ok" else 0)
         self.clock_synced.set(1 if status.get("clock_synced") else 0)
+        upload = status.get("upload") or {}
+        self.retained_seconds.set(upload.get("retained_s") or 0)
+        for gauge, key in ((self.events, "events"), (self.bytes_uploaded, "bytes_uploaded"),
+                           (self.bytes_recorded, "bytes_recorded")):
+            if isinstance(upload.get(key), (int, float)):
+                gauge.set(upload[key])
 
 
 class MetricsServer:
