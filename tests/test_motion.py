@@ -103,3 +103,60 @@ def test_key_frames_through_h264_and_back():
                 hits.append(t)
     assert keys == 40
     assert det.events == 1 and 20.0 <= hits[0] <= 21.0 and hits[-1] >= 24.0, hits
+
+
+def test_motion_tap_in_front_of_the_pipeline_triggers_one_event_in_the_gate(tmp_path):
+    """The appliance's wiring: Frames (H.264 key frames) pass through the tap's emit untouched, the detector thread
+    decodes and compares them, and the gate records one merged `motion` event covering the object."""
+    import fractions
+    import time
+
+    import av
+
+    from kvs_edge.config import parse_config
+    from kvs_edge.event_service import MotionTap
+    from kvs_edge.log.fragment_log import FragmentLog
+    from kvs_edge.media.frame import Frame
+    from kvs_edge.upload_gate import UploadGate, read_events
+    from kvs_edge.upload_policy import Mode
+
+    class Clock:
+        def monotonic_ns(self):
+            return 0
+
+        def wall_ns(self):
+            return 0
+
+    cfg = parse_config({"stream": {"name": "cam"}, "upload": {"mode": "events"},
+                        "events": {"motion": True, "motion_fps": RATE}}, "c.yaml")
+    log = FragmentLog(tmp_path / "log", 64 << 20, boot_id="b")
+    gate = UploadGate(log, mode=Mode.EVENTS, pre_seconds=5, post_seconds=5, retain_seconds=None, clock=Clock(),
+                      boot_id="b", folder=tmp_path / "log")
+    tap = MotionTap(cfg, gate)
+    passed = []
+    emit = tap.wrap(passed.append)
+    tap.start()
+    enc = av.CodecContext.create("libx264", "w")
+    enc.width, enc.height, enc.pix_fmt, enc.time_base = W, H, "yuv420p", fractions.Fraction(1, RATE)
+    enc.gop_size = 1
+    enc.options = {"preset": "ultrafast", "tune": "zerolatency", "x264-params": "repeat-headers=1"}
+    rng = np.random.default_rng(5)
+    try:
+        for i in range(40 * RATE):
+            pic = scene(i / RATE, rng)
+            f = av.VideoFrame.from_ndarray(np.dstack([pic] * 3), format="rgb24").reformat(format="yuv420p")
+            f.pts = i
+            for pkt in enc.encode(f):
+                emit(Frame(bytes(pkt), i * 1_000_000_000 // RATE, bool(pkt.is_keyframe)))
+                deadline = time.monotonic() + 5
+                while not tap._queue.empty() and time.monotonic() < deadline:  # one picture at a time
+                    time.sleep(0.002)
+                time.sleep(0.02)
+    finally:
+        tap.stop()
+        log.close()
+    assert len(passed) == 40 * RATE  # the pipeline got every frame
+    spans = gate.spans()
+    assert len(spans) == 1 and spans[0].label == "motion", spans
+    assert 15_000 <= spans[0].start_ms <= 16_000 and spans[0].end_ms >= 29_000
+    assert {e.label for e in read_events(tmp_path / "log")} == {"motion"}
