@@ -101,6 +101,7 @@ class UploadGate:
         self._triggers: list[Trigger] = []
         self._counted_seq = -1  # recorded-bytes bookkeeping: complete fragments up to here are counted
         self._uploaded: set[int] = set()
+        self._window_cache: tuple | None = None  # ((minute, synchronized, windows), open)
         self._notified: dict[int, int] = {}  # an event's first-trigger ms -> the seq that carries its one-shot tags
         if self.folder is not None:
             self._load_uploaded()
@@ -168,10 +169,14 @@ class UploadGate:
         return None if first is None else (first, first + info.last_ms - info.first_ms)
 
     def _window(self) -> bool:
+        """Is an upload window open? Evaluated once per wall-clock minute (a window opens and closes on minutes)."""
         if self.mode is not Mode.SCHEDULE:
             return False
-        return window_open(self.windows, self.clock.wall_ns() / 1e9, self.tz,
-                           synchronized=self.synchronized()) is not None
+        now_s = self.clock.wall_ns() / 1e9
+        key = (int(now_s // 60), self.synchronized(), self.windows)
+        if self._window_cache is None or self._window_cache[0] != key:
+            self._window_cache = (key, window_open(self.windows, now_s, self.tz, synchronized=key[1]) is not None)
+        return self._window_cache[1]
 
     def _decide(self, info, spans, now_ms: int, window: bool) -> Decision:
         span = self._span_of(info)
