@@ -40,6 +40,8 @@ def build_status(app, *, started_at: float, state_override: str | None = None) -
         state = state_override
     elif not synced:
         state = "waiting_for_clock"
+    elif getattr(getattr(getattr(app, "events", None), "gate", None), "idle", False):
+        state = "recording"  # upload.mode events/schedule with nothing selected: recording only, by design
     elif link.state == "connected":
         state = "streaming"
     elif link.state == "connecting" and c.frames_in == 0:

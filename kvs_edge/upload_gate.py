@@ -101,6 +101,7 @@ class UploadGate:
         self._triggers: list[Trigger] = []
         self._counted_seq = -1  # recorded-bytes bookkeeping: complete fragments up to here are counted
         self._uploaded: set[int] = set()
+        self.idle = True  # nothing selected at the last look from the start (written by the uploader thread only)
         self._window_cache: tuple | None = None  # ((minute, synchronized, windows), open)
         self._notified: dict[int, int] = {}  # an event's first-trigger ms -> the seq that carries its one-shot tags
         if self.folder is not None:
@@ -205,6 +206,8 @@ class UploadGate:
                 self._expire(info)
             elif d is Decision.UPLOAD and chosen is None and (after_seq is None or info.seq > after_seq):
                 chosen = info
+        if after_seq is None:
+            self.idle = chosen is None
         if infos and self.mode is Mode.EVENTS:
             oldest = self._span_of(infos[0])
             if oldest is not None:

@@ -55,6 +55,10 @@ def test_events_mode_survives_kill_9_and_an_event_reaches_back_before_the_restar
         wait_until(lambda: ((_status(status).get("upload") or {}).get("retained_s") or 0) >= 5, 60, "5 s recorded")
         assert _status(status)["upload"]["mode"] == "events"
         assert (sock.stat().st_mode & 0o777) == 0o600
+        wait_until(lambda: _status(status).get("state") == "recording", 30, "state recording")
+        st = _run("status", "--file", str(status))
+        assert st.returncode == 0, st.stdout + st.stderr  # recording only is healthy, not "nothing persisted"
+        assert "upload:        events" in st.stdout
         killed_ms = int(time.time() * 1000)
         first.send_signal(signal.SIGKILL)
         first.communicate(timeout=10)
