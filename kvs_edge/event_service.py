@@ -82,7 +82,7 @@ class MotionTap:
             self._thread.join(2.0)
 
     def _run(self) -> None:
-        from kvs_edge.motion import KeyFrameLuma
+        from kvs_edge.motion import KeyFrameLuma, Motion
         luma = KeyFrameLuma()
         while not self._stop.is_set():
             try:
@@ -98,8 +98,10 @@ class MotionTap:
                     continue
                 self._last_fed = t
                 self.compared += 1
-                if self.detector.feed(pic, t) is not None:
-                    self.gate.trigger("motion", at_ms=frame.timestamp_ns // 1_000_000)
+                seen = self.detector.feed(pic, t)
+                if seen is not None:
+                    self.gate.trigger("motion", at_ms=frame.timestamp_ns // 1_000_000,
+                                      continues=seen is Motion.CONTINUE)
             except Exception:  # the detector must never take the appliance down
                 log.exception("motion detector failed on a frame")
 

@@ -47,6 +47,7 @@ class RecordedTrigger:
     boot_id: str
     label: str
     seconds: float
+    continues: bool = False  # more of the same event (the motion detector still sees motion): extends it
 
 
 @dataclass
@@ -132,21 +133,23 @@ class UploadGate:
     def now_ms(self) -> int:
         return self.clock.monotonic_ns() // 1_000_000
 
-    def trigger(self, label: str = "trigger", seconds: float = 0.0, at_ms: int | None = None) -> RecordedTrigger:
+    def trigger(self, label: str = "trigger", seconds: float = 0.0, at_ms: int | None = None,
+                continues: bool = False) -> RecordedTrigger:
         at = self.now_ms() if at_ms is None else at_ms
         wall = self.clock.wall_ns() // 1_000_000 if self.synchronized() else None
-        rec = RecordedTrigger(at, wall, self.boot_id, label or "trigger", float(seconds))
+        rec = RecordedTrigger(at, wall, self.boot_id, label or "trigger", float(seconds), continues)
         with self._lock:
             self._triggers.append(Trigger(at, rec.label, rec.seconds))
-            self.stats.triggers += 1
+            self.stats.triggers += 0 if continues else 1
         if self.folder is not None:
             try:
                 with open(self.folder / EVENTS_FILE, "a") as f:
                     f.write(json.dumps(asdict(rec)) + "\n")
             except OSError as e:
                 log.warning("cannot record the event in %s: %s", self.folder / EVENTS_FILE, e.strerror or e)
-        log.info("event %r at %d ms (uploading from %.1f s before to %.1f s after)", rec.label, at,
-                 self.pre_ms / 1000, seconds + self.post_ms / 1000)
+        if not continues:
+            log.info("event %r at %d ms (uploading from %.1f s before to %.1f s after)", rec.label, at,
+                     self.pre_ms / 1000, seconds + self.post_ms / 1000)
         wake = getattr(self.log, "wake", None)
         if wake:
             wake()

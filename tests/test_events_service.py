@@ -114,3 +114,70 @@ def test_events_mode_survives_kill_9_and_an_event_reaches_back_before_the_restar
         tb = float(c.streams.video[0].time_base)
     span_s = (frags[-1].wall_ms + frags[-1].duration_ms - frags[0].wall_ms) / 1000
     assert abs((pts[-1] - pts[0]) * tb - span_s) < 0.15, ((pts[-1] - pts[0]) * tb, span_s)
+
+
+def _motion_clip(path: Path, seconds: int = 32, fps: int = 10) -> None:
+    """A still picture with sensor noise, an object moving through it from 20 s to 25 s; raw H.264, a key frame a
+    second (libx264)."""
+    from fractions import Fraction
+
+    import numpy as np
+
+    enc = av.CodecContext.create("libx264", "w")
+    enc.width, enc.height, enc.pix_fmt, enc.time_base = 160, 120, "yuv420p", Fraction(1, fps)
+    enc.gop_size = fps
+    enc.options = {"preset": "ultrafast", "tune": "zerolatency", "x264-params": "repeat-headers=1:scenecut=0"}
+    rng = np.random.default_rng(11)
+    y, x = np.mgrid[0:120, 0:160]
+    still = (60 + x * 0.6 + y * 0.4).astype(np.float32)
+    with open(path, "wb") as out:
+        for i in range(seconds * fps):
+            t = i / fps
+            pic = still.copy()
+            if 20.0 <= t < 25.0:
+                cx = int(10 + (t - 20.0) / 5.0 * 120)
+                pic[40:80, cx:cx + 20] = 220
+            grey = np.clip(pic + rng.normal(0, 8, pic.shape), 0, 255).astype(np.uint8)
+            frame = av.VideoFrame.from_ndarray(np.dstack([grey] * 3), format="rgb24").reformat(format="yuv420p")
+            frame.pts = i
+            for pkt in enc.encode(frame):
+                out.write(bytes(pkt))
+        for pkt in enc.encode(None):
+            out.write(bytes(pkt))
+
+
+@pytest.mark.timeout(180)
+def test_motion_in_the_running_appliance_uploads_one_event_around_it(emulator, tmp_path):
+    """A file source played in real time by the appliance, motion detection on its key frames: one event, the video
+    from 5 s before the object appears to 5 s after it was last seen, tagged motion, and nothing else."""
+    from kvs_edge.appliance import Appliance
+    from kvs_edge.config import parse_config
+    from support.appliance import applied
+
+    clip = tmp_path / "motion.h264"
+    _motion_clip(clip)
+    emulator.create_stream("cam")
+    data = config_dict(emulator, tmp_path / "buf", source={"type": "file", "uri": str(clip), "fps": 10},
+                       upload={"mode": "events"},
+                       events={"motion": True, "pre_seconds": 5, "post_seconds": 5,
+                               "control_socket": str(tmp_path / "c.sock")})
+    app = Appliance(parse_config(data, "<test>"))
+    app.start()
+    try:
+        wait_until(lambda: app.source.finished, 90, "the clip to be played in real time")
+        app.pipeline.stop_capture()
+        gate = app.events.gate
+        wait_until(lambda: gate.stats.triggers and gate.idle and not app.link.uploader.connected, 60,
+                   "the event uploaded")
+    finally:
+        app.stop()
+    applied(app)
+    got = sorted(emulator.archive("cam"), key=lambda e: e.producer_ts_ms)
+    frags = recorded_fragments(tmp_path / "buf")
+    t0 = frags[0].wall_ms  # the clip's first frame
+    rel = [(e.producer_ts_ms - t0) / 1000 for e in got]
+    assert gate.stats.triggers == 1, rel
+    assert rel and 14.0 <= rel[0] <= 16.0 and 28.0 <= rel[-1] <= 31.0, rel
+    assert all("kvs-edge.event=motion" in e.tags for e in got)
+    ev = _run("events", "--dir", str(tmp_path / "buf"))
+    assert ev.stdout.count("motion") == 1, ev.stdout

@@ -159,4 +159,6 @@ def test_motion_tap_in_front_of_the_pipeline_triggers_one_event_in_the_gate(tmp_
     spans = gate.spans()
     assert len(spans) == 1 and spans[0].label == "motion", spans
     assert 15_000 <= spans[0].start_ms <= 16_000 and spans[0].end_ms >= 29_000
-    assert {e.label for e in read_events(tmp_path / "log")} == {"motion"}
+    recorded = read_events(tmp_path / "log")
+    assert {e.label for e in recorded} == {"motion"} and [e.continues for e in recorded].count(False) == 1
+    assert gate.stats.triggers == 1
