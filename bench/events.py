@@ -24,17 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 FPS = 15
 
 
-class ScriptedClock:
-    def __init__(self, ms):
-        self.ms = ms
-
-    def monotonic_ns(self):
-        return self.ms * 1_000_000
-
-    def wall_ns(self):
-        return self.ms * 1_000_000
-
-
 def run(mode, minutes, video, workdir, emu, stream):
     from botocore.credentials import Credentials
 
@@ -47,6 +36,7 @@ def run(mode, minutes, video, workdir, emu, stream):
     from kvs_edge.recorder import Recorder
     from kvs_edge.upload_gate import UploadGate
     from kvs_edge.upload_policy import Mode
+    from fakes.fake_clock import ScriptedClock
 
     emu.create_stream(stream, retention_hours=24)
     creds = Credentials(DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY)

@@ -24,6 +24,7 @@ from kvs_edge.recorder import Recorder
 from kvs_edge.schedule import Window, parse_cron, zone
 from kvs_edge.upload_gate import UploadGate, read_events
 from kvs_edge.upload_policy import Mode
+from fakes.fake_clock import ScriptedClock  # monotonic and wall: the same epoch milliseconds here
 from support.h264gen import make_h264
 
 FPS = 10
@@ -35,19 +36,6 @@ pytestmark = pytest.mark.timeout(180)
 @pytest.fixture(scope="module")
 def video():
     return make_h264(frames=SECONDS * FPS, width=160, height=120, fps=FPS, gop=FPS)
-
-
-class ScriptedClock:
-    """The recording clock the test drives: monotonic and wall are the same epoch milliseconds."""
-
-    def __init__(self, ms: int) -> None:
-        self.ms = ms
-
-    def monotonic_ns(self) -> int:
-        return self.ms * 1_000_000
-
-    def wall_ns(self) -> int:
-        return self.ms * 1_000_000
 
 
 class Rig:

@@ -119,13 +119,7 @@ def test_motion_tap_in_front_of_the_pipeline_triggers_one_event_in_the_gate(tmp_
     from kvs_edge.media.frame import Frame
     from kvs_edge.upload_gate import UploadGate, read_events
     from kvs_edge.upload_policy import Mode
-
-    class Clock:
-        def monotonic_ns(self):
-            return 0
-
-        def wall_ns(self):
-            return 0
+    from fakes.fake_clock import ScriptedClock as Clock
 
     cfg = parse_config({"stream": {"name": "cam"}, "upload": {"mode": "events"},
                         "events": {"motion": True, "motion_fps": RATE}}, "c.yaml")

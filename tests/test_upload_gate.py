@@ -4,17 +4,11 @@ restart remembers, and fragments of another boot."""
 from kvs_edge.log.fragment_log import FragmentLog
 from kvs_edge.upload_gate import UploadGate
 from kvs_edge.upload_policy import Mode
+from fakes.fake_clock import ScriptedClock
 
 
-class Clock:
-    def __init__(self):
-        self.ms = 0
-
-    def monotonic_ns(self):
-        return self.ms * 1_000_000
-
-    def wall_ns(self):
-        return (1_800_000_000_000 + self.ms) * 1_000_000
+def Clock():
+    return ScriptedClock(0, wall_offset_ms=1_800_000_000_000)
 
 
 def fill(log, seconds, start_s=0):
