@@ -1,7 +1,10 @@
 """The appliance under load: `kvs-edge run` streaming 1080p30 H.264 at 8 Mbit/s from a file source, in real time, to
 the emulator running in another process.
 
-    python bench/pipeline.py [--seconds 60] [--width 1920 --height 1080 --fps 30 --bitrate 8000000]
+    python bench/pipeline.py [--seconds 60] [--width 1920 --height 1080 --fps 30 --bitrate 8000000] [--cameras 1,2,4]
+
+--cameras: one run of `kvs-edge run` per count, with that many file cameras (a `cameras:` list, one stream each;
+issue 16's target: <= 5 % of a core and <= 80 MB + 10 MB per extra camera).
 
 Measured from outside the process (/proc/<pid>/stat and status), over the steady part of the run:
   CPU % of one core     (utime + stime) of the kvs-edge process / wall time
@@ -82,7 +85,9 @@ def main() -> int:
     ap.add_argument("--fps", type=int, default=30)
     ap.add_argument("--bitrate", type=int, default=8_000_000)
     ap.add_argument("--fragment-seconds", type=float, default=2.0)
+    ap.add_argument("--cameras", default="1", help="camera counts to measure, e.g. 1,2,4")
     a = ap.parse_args()
+    counts = [int(x) for x in a.cameras.split(",")]
 
     from mux import encode  # bench/mux.py: the same cached input
 
@@ -110,50 +115,60 @@ def main() -> int:
                     time.sleep(0.1)
             s = botocore.session.Session()
             s.set_credentials(DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY)
-            s.create_client("kinesisvideo", region_name="us-east-1", endpoint_url=url).create_stream(
-                StreamName="bench", DataRetentionInHours=24)
-            status_file = Path(tmp) / "status.json"
-            cfg = {
-                "stream": {"name": "bench", "region": "us-east-1", "fragment_seconds": a.fragment_seconds},
-                "aws": {"credentials": "static", "access_key_id": DEFAULT_ACCESS_KEY_ID,
-                        "secret_access_key": DEFAULT_SECRET_ACCESS_KEY, "endpoint_url": url},
-                "source": {"type": "file", "uri": str(src), "fps": a.fps, "loop": True},
-                "buffer": {"path": f"{tmp}/buf", "max_bytes": "1GiB"},
-                "time": {"require_sync": False},
-                "health": {"status_file": str(status_file)},
-            }
-            (Path(tmp) / "c.yaml").write_text(yaml.safe_dump(cfg))
-            os.chmod(Path(tmp) / "c.yaml", 0o600)
-            run = subprocess.Popen(kvs + ["run", "--config", f"{tmp}/c.yaml"], stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.PIPE, text=True, cwd=ROOT)
-            cpu, rss = measure(run, 5.0, a.seconds)
+            client = s.create_client("kinesisvideo", region_name="us-east-1", endpoint_url=url)
+            rows = []
+            for n in counts:
+                names = [f"bench{n}-{i}" for i in range(n)] if n > 1 else [f"bench{n}"]
+                for name in names:
+                    client.create_stream(StreamName=name, DataRetentionInHours=24)
+                status_file = Path(tmp) / f"status{n}.json"
+                source = {"type": "file", "uri": str(src), "fps": a.fps, "loop": True}
+                cfg = {
+                    "stream": {"region": "us-east-1", "fragment_seconds": a.fragment_seconds},
+                    "aws": {"credentials": "static", "access_key_id": DEFAULT_ACCESS_KEY_ID,
+                            "secret_access_key": DEFAULT_SECRET_ACCESS_KEY, "endpoint_url": url},
+                    "buffer": {"path": f"{tmp}/buf{n}", "max_bytes": "1GiB"},
+                    "time": {"require_sync": False},
+                    "health": {"status_file": str(status_file)},
+                }
+                if n == 1:  # the single-camera form
+                    cfg["stream"]["name"], cfg["source"] = names[0], source
+                else:
+                    cfg["cameras"] = [{"name": f"c{i}", "stream": {"name": nm}, "source": source}
+                                      for i, nm in enumerate(names)]
+                (Path(tmp) / "c.yaml").write_text(yaml.safe_dump(cfg))
+                os.chmod(Path(tmp) / "c.yaml", 0o600)
+                run = subprocess.Popen(kvs + ["run", "--config", f"{tmp}/c.yaml"], stdout=subprocess.DEVNULL,
+                                       stderr=subprocess.PIPE, text=True, cwd=ROOT)
+                cpu, rss = measure(run, 5.0, a.seconds)
+                status = json.loads(status_file.read_text())
+                run.send_signal(signal.SIGTERM)
+                _, err = run.communicate(timeout=30)
+                rows.append((n, cpu, rss, status, run.returncode, err))
             emu_cpu = cpu_seconds(emu.pid)
-            status = json.loads(status_file.read_text())
-            run.send_signal(signal.SIGTERM)
-            _, err = run.communicate(timeout=30)
             ref = subprocess.Popen([sys.executable, "-c", REFERENCE, str(src), str(a.fps), str(a.seconds + 5)])
             ref_cpu, ref_rss = measure(ref, 5.0, a.seconds)
             ref.wait(30)
         finally:
             emu.send_signal(signal.SIGTERM)
             emu.wait(30)
-    lat = status.get("latency_s", {})
-    print(f"\n`kvs-edge run`, file source {a.width}x{a.height}@{a.fps} at {mbit:.1f} Mbit/s in real time, "
+    print(f"\n`kvs-edge run`, file source(s) {a.width}x{a.height}@{a.fps} at {mbit:.1f} Mbit/s each in real time, "
           f"{a.fragment_seconds:g}-s fragments, emulator in another process, {a.seconds:.0f} s measured "
           f"after 5 s warm-up\n")
-    print("| process | CPU % of one core | peak RSS MB | latency p50 s | latency p99 s | fragments persisted |")
-    print("|---|---:|---:|---:|---:|---:|")
-    print(f"| kvs-edge run | {cpu:.1f} | {rss:.1f} | {lat.get('p50')} | {lat.get('p99')} | "
-          f"{status.get('fragments_persisted')} |")
-    print(f"| reference: PyAV reading + pacing the same file | {ref_cpu:.1f} | {ref_rss:.1f} | - | - | - |")
-    print(f"\nframes {status['camera']['frames']}, dropped {status['frames_dropped']}, "
-          f"backlog at the end {status['backlog']['fragments']} fragments; "
-          f"emulator CPU over the whole run {emu_cpu:.1f} s; targets: < 5 % CPU, < 80 MB, "
-          f"p99 < {a.fragment_seconds + 0.5:g} s")
-    if run.returncode != 0:
-        print(f"kvs-edge run exited {run.returncode}: {err[-2000:]}", file=sys.stderr)
-        return 1
-    return 0
+    print("| process | cameras | CPU % of one core | peak RSS MB | latency p50 s | latency p99 s | "
+          "fragments persisted | frames | dropped |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for n, cpu, rss, status, _, _ in rows:
+        lat = status.get("latency_s", {})
+        print(f"| kvs-edge run | {n} | {cpu:.1f} | {rss:.1f} | {lat.get('p50')} | {lat.get('p99')} | "
+              f"{status.get('fragments_persisted')} | {status['camera']['frames']} | {status['frames_dropped']} |")
+    print(f"| reference: PyAV reading + pacing the same file | 1 | {ref_cpu:.1f} | {ref_rss:.1f} | - | - | - | - | - |")
+    print(f"\nemulator CPU over the whole run {emu_cpu:.1f} s; targets: < 5 % CPU per camera, "
+          f"< 80 MB + 10 MB per extra camera, p99 < {a.fragment_seconds + 0.5:g} s")
+    failed = [(n, code, err) for n, _, _, _, code, err in rows if code != 0]
+    for n, code, err in failed:
+        print(f"kvs-edge run with {n} camera(s) exited {code}: {err[-2000:]}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import logging
 import random
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from kvs_edge.clock import Timebase
@@ -90,7 +91,7 @@ class StreamLink:
             try:
                 info = control.ensure_stream(cfg.stream.name, create=cfg.stream.create,
                                              retention_hours=cfg.stream.retention_hours,
-                                             kms_key_id=cfg.stream.kms_key_id)
+                                             kms_key_id=cfg.stream.kms_key_id, tags=dict(cfg.stream.tags))
                 keeps_data = int(info.get("DataRetentionInHours") or 0) > 0
                 break
             except ControlPlaneError as e:
@@ -137,20 +138,40 @@ class StreamLink:
             self.last_error = ev.message
 
 
+@dataclass(frozen=True)
+class SharedParts:
+    """What the cameras of one process share (camera_set.py): one time base, one credentials provider, one
+    control-plane client."""
+
+    timebase: Timebase
+    credentials: object
+    control: ControlPlane
+
+
+def shared_parts(cfg: Config, *, config_path: str | None = None, clock=None) -> SharedParts:
+    buffer = Path(cfg.buffer.path)
+    buffer.mkdir(parents=True, exist_ok=True)
+    timebase = Timebase(require_sync=cfg.time.require_sync, clock=clock, state_path=buffer / "timebase.json")
+    credentials = resolve_credentials(cfg.aws, config_path=config_path, defer=True)
+    control = ControlPlane(cfg.stream.region, credentials, endpoint_url=cfg.aws.endpoint_url,
+                           ca_bundle=cfg.aws.ca_bundle)
+    return SharedParts(timebase, credentials, control)
+
+
 class Appliance:
-    """Everything `run` needs, built from a validated Config. Nothing touches the network at construction."""
+    """Everything `run` needs for one camera, built from a validated Config (its `stream`, `source`, `buffer`,
+    `upload`). Nothing touches the network at construction. shared: the parts several cameras share (owned by the
+    caller, which closes them), else its own."""
 
     def __init__(self, cfg: Config, *, config_path: str | None = None, source=None, clock=None,
-                 on_persisted=None) -> None:
+                 on_persisted=None, shared: SharedParts | None = None) -> None:
         self.cfg = cfg
         self.on_persisted = on_persisted
+        self._owns_shared = shared is None
+        shared = shared or shared_parts(cfg, config_path=config_path, clock=clock)
         buffer = Path(cfg.buffer.path)
         buffer.mkdir(parents=True, exist_ok=True)
-        self.timebase = Timebase(require_sync=cfg.time.require_sync, clock=clock,
-                                 state_path=buffer / "timebase.json")
-        self.credentials = resolve_credentials(cfg.aws, config_path=config_path, defer=True)
-        self.control = ControlPlane(cfg.stream.region, self.credentials, endpoint_url=cfg.aws.endpoint_url,
-                                    ca_bundle=cfg.aws.ca_bundle)
+        self.timebase, self.credentials, self.control = shared.timebase, shared.credentials, shared.control
         self.fragment_log = FragmentLog(buffer / "log", buffer_cap(buffer, cfg.buffer.max_bytes),
                                boot_id=self.timebase.boot_id, sync_interval_s=cfg.buffer.sync_seconds)
         self.source = source or open_source(cfg.source, fragment_seconds=cfg.stream.fragment_seconds,
@@ -180,10 +201,28 @@ class Appliance:
                 self.on_persisted(latency)
         return len(events)
 
+    # -- what the supervisor asks of one camera or of a CameraSet (camera_set.py) ------------------------------
+    def check(self) -> None:
+        self.pipeline.check()
+
+    def last_frame_mono(self) -> float | None:
+        return self.pipeline.counters.last_frame_mono
+
+    def heartbeat_now(self) -> float:
+        return self.link.heartbeat_now()
+
+    def buffered_fragments(self) -> int:
+        return self.fragment_log.stats().fragments
+
+    def describe(self) -> str:
+        return f"{getattr(self.source, 'name', 'source')} -> stream {self.cfg.stream.name} ({self.cfg.stream.region})"
+
     def stop(self, timeout: float = 5.0) -> None:
         if self.events:
             self.events.stop()
         self.pipeline.stop(timeout)
+        if not self._owns_shared:
+            return
         try:
             self.control.close()
         except Exception as e:  # nothing is lost (the control plane holds no data), but say why

@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label", default="trigger", help="the kvs-edge.event tag of its fragments (default trigger)")
     s.add_argument("--config", default=DEFAULT_CONFIG)
     s.add_argument("--socket", default=None, help="control socket (default: events.control_socket of --config)")
+    s.add_argument("--camera", default=None, help="with several cameras: which one (its name, or its index)")
 
     s = sub.add_parser("events", help="list the events recorded in the fragment log")
     s.add_argument("--config", default=DEFAULT_CONFIG)
@@ -92,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("import-boot-config", help="apply kvs-edge.yaml from the boot partition (run by a oneshot unit)")
     s.add_argument("--boot", action="append", default=None, help="boot partition folder(s) to look in")
     s.add_argument("--target", default=DEFAULT_CONFIG)
+    s.add_argument("--iot-dir", default=None, help="where IoT credentials go (default: iot/ next to --target)")
     return p
 
 

@@ -62,6 +62,7 @@ class StreamConfig:
     retention_hours: int = 24
     fragment_seconds: float = 2.0
     kms_key_id: str | None = None
+    tags: tuple[tuple[str, str], ...] = ()  # given to CreateStream (stream.create); values may use placeholders
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,8 @@ class SourceConfig:
     rotation: int = 0
     tuning_file: str | None = None
     camera_index: int = 0
+    camera_model: str | None = None  # Pi camera chosen by sensor model (e.g. imx708) instead of camera_index
+    camera_port: str | None = None  # ... or by where it is plugged (text in libcamera's camera Id, e.g. i2c@88000)
     loop: bool = False
 
     def __repr__(self) -> str:  # an RTSP address may carry a camera password
@@ -170,6 +173,24 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class CameraConfig:
+    """One entry of `cameras:` (issue 16): its own stream and source; `share` is its weight in the split of
+    buffer.max_bytes (equal by default); `upload` its own upload settings (the top-level ones by default)."""
+
+    name: str | None
+    stream: StreamConfig
+    source: SourceConfig
+    share: float = 1.0
+    upload: UploadConfig = field(default_factory=UploadConfig)
+    index: int = 0
+
+    @property
+    def label(self) -> str:
+        """What {camera} and the status/metrics labels call it: its name, else its index."""
+        return self.name if self.name is not None else str(self.index)
+
+
+@dataclass(frozen=True)
 class Config:
     stream: StreamConfig
     aws: AwsConfig = field(default_factory=AwsConfig)
@@ -180,6 +201,9 @@ class Config:
     health: HealthConfig = field(default_factory=HealthConfig)
     log: LogConfig = field(default_factory=LogConfig)
     events: EventsConfig = field(default_factory=EventsConfig)
+    # Always at least one entry once parsed: the single-camera form (stream:, source:) is the one camera. With a
+    # `cameras:` list, `stream`/`source`/`upload` above are the first camera's (callers that know one camera only).
+    cameras: tuple[CameraConfig, ...] = ()
 
 
 SECTIONS: dict[str, type] = {
@@ -450,6 +474,48 @@ def _rotation(v: Any, key: str) -> int:
 
 
 _STREAM_NAME = re.compile(r"^[a-zA-Z0-9_.-]{1,256}$")
+# docs/internals.md "identity.py": {camera} and {thing_name} are not for the thing name itself
+_DEVICE_PLACEHOLDERS = ("hostname", "serial", "machine_id")
+
+
+def _template_body(s: str, key: str) -> str:
+    """A name that may hold placeholders ({serial}, ...), with each replaced by a plain stand-in for the checks of
+    the characters around them. _Problem for an unknown placeholder."""
+    from kvs_edge import identity
+
+    allowed = _DEVICE_PLACEHOLDERS if key.endswith("thing_name") else identity.PLACEHOLDERS
+    try:
+        identity.check_template(s, allowed=allowed)
+    except identity.IdentityError as e:
+        raise _Problem(str(e)) from None
+    return re.sub(r"\{[a-z_]+\}", "x", s)
+
+
+def _thing_name(v: Any, key: str) -> str:
+    s = _text(v, key)
+    _template_body(s, key)  # only the device's own placeholders
+    return s
+
+
+def _tags(v: Any, key: str) -> tuple[tuple[str, str], ...]:
+    """Stream tags for CreateStream: a mapping of text to text. AWS CreateStream/TagStream: at most 50 tags, a key of
+    1 to 128 characters (not starting with "aws:"), a value of 0 to 256; values may use placeholders."""
+    if not isinstance(v, dict):
+        raise _Problem(f"expected tags as key: value lines (like serial: \"{{serial}}\"), got {_show(v)}")
+    if len(v) > 50:
+        raise _Problem(f"{len(v)} tags; a stream takes at most 50")
+    out = []
+    for k, val in v.items():
+        k = str(k)
+        text = "" if val is None else str(val) if not isinstance(val, (dict, list)) else None
+        if text is None:
+            raise _Problem(f"{k}: expected text, got {_kind(val)}")
+        if not 1 <= len(k) <= 128 or k.lower().startswith("aws:"):
+            raise _Problem(f"{k!r}: a tag key is 1 to 128 characters and does not start with aws:")
+        if len(_template_body(text, key)) > 256:
+            raise _Problem(f"{k}: a tag value is at most 256 characters")
+        out.append((k, text))
+    return tuple(out)
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 
 
@@ -496,7 +562,7 @@ def _roi(v: Any, key: str) -> tuple[float, float, float, float]:
 
 def _stream_name(v: Any, key: str) -> str:
     s = _text(v, key)
-    if not _STREAM_NAME.match(s):
+    if not _STREAM_NAME.match(_template_body(s, key)):
         raise _Problem(f"{_show(s)} is not a valid stream name (1 to 256 letters, digits, '.', '_' and '-')")
     return s
 
@@ -551,6 +617,7 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "stream.retention_hours": _number(0, 87600, integer=True, unit=" hours"),
     "stream.fragment_seconds": _number(1, 20, unit=" seconds"),
     "stream.kms_key_id": _text,
+    "stream.tags": _tags,
     "aws.credentials": _choice("default", "static", "iot"),
     "aws.access_key_id": _key_text,
     "aws.secret_access_key": _key_text,
@@ -560,7 +627,7 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "aws.ca_bundle": _text,
     "aws.iot.endpoint": _host,
     "aws.iot.role_alias": _text,
-    "aws.iot.thing_name": _text,
+    "aws.iot.thing_name": _thing_name,
     "aws.iot.cert_file": _text,
     "aws.iot.key_file": _text,
     "aws.iot.ca_file": _text,
@@ -576,6 +643,8 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "source.rotation": _rotation,
     "source.tuning_file": _text,
     "source.camera_index": _number(0, 15, integer=True),
+    "source.camera_model": _text,
+    "source.camera_port": _text,
     "source.loop": _bool,
     "buffer.path": _text,
     "buffer.max_bytes": _size(16 * MiB),
@@ -752,7 +821,7 @@ def parse_config(data: Any, source_name: str, base_dir: str | None = None) -> Co
         ])
 
     for key in data:
-        if str(key) not in SECTIONS:
+        if str(key) not in SECTIONS and str(key) != CAMERAS:
             err(str(key), _unknown_top(str(key)))
 
     values: dict[str, dict[str, Any]] = {}
@@ -763,11 +832,16 @@ def parse_config(data: Any, source_name: str, base_dir: str | None = None) -> Co
     if iot_given:
         values["aws"]["iot"] = _parse_section(aws_raw["iot"], "aws.iot", IotConfig, err)
 
-    _cross_checks(values, iot_given, err)
+    cameras = _parse_cameras(data.get(CAMERAS), values, err) if CAMERAS in data else None
+    _cross_checks(values, iot_given, err, cameras=CAMERAS in data)
     _events_checks(values, err)
     if base_dir is not None:
         _resolve_paths(values, base_dir)
+        for cam in cameras or []:
+            _resolve_paths({"source": cam["source"], "aws": {}}, base_dir, only_source=True)
     _check_files(values, err)
+    for i, cam in enumerate(cameras or []):
+        _check_files({"source": cam["source"], "aws": {}}, err, prefix=f"{CAMERAS}[{i}].")
 
     if err.messages:
         raise ConfigError(err.messages)
@@ -775,21 +849,105 @@ def parse_config(data: Any, source_name: str, base_dir: str | None = None) -> Co
     aws = dict(values["aws"])
     if iot_given:
         aws["iot"] = IotConfig(**values["aws"]["iot"])
+    upload = UploadConfig(**values["upload"])
+    if cameras:
+        entries = tuple(CameraConfig(name=c["name"], stream=StreamConfig(**c["stream"]),
+                                     source=SourceConfig(**c["source"]), share=c["share"],
+                                     upload=UploadConfig(**c["upload"]), index=i) for i, c in enumerate(cameras))
+    else:  # the single-camera form: one entry, made of the top-level stream, source and upload
+        entries = (CameraConfig(name=None, stream=StreamConfig(**values["stream"]),
+                                source=SourceConfig(**values["source"]), upload=upload),)
     return Config(
-        stream=StreamConfig(**values["stream"]),
+        stream=entries[0].stream,
         aws=AwsConfig(**aws),
-        source=SourceConfig(**values["source"]),
+        source=entries[0].source,
         buffer=BufferConfig(**values["buffer"]),
         time=TimeConfig(**values["time"]),
-        upload=UploadConfig(**values["upload"]),
+        upload=entries[0].upload,
         health=HealthConfig(**values["health"]),
         log=LogConfig(**values["log"]),
         events=EventsConfig(**values["events"]),
+        cameras=entries,
     )
 
 
-def _parse_section(raw: Any, section: str, cls: type, err: _Errors) -> dict[str, Any]:
-    """The valid keys of one section, parsed; problems reported through err. Missing keys are left out (defaults)."""
+# --------------------------------------------------------------------------------------------------------------------
+# cameras: (issue 16). Each entry: name, stream, source, buffer (share), upload. The entry's stream and upload keys
+# are laid over the top-level stream (all but name) and upload sections, so a fleet sets region, retention and tags
+# once; its source is its own (a top-level source: is then an error: which camera would it be?).
+
+CAMERAS = "cameras"
+CAMERA_KEYS = ("name", "stream", "source", "buffer", "upload")
+_CAMERA_NAME = re.compile(r"^[a-zA-Z0-9_.-]{1,64}$")
+
+
+def _parse_cameras(raw: Any, values: dict[str, dict[str, Any]], err: _Errors) -> list[dict[str, Any]] | None:
+    """The entries of `cameras:` as dicts of parsed values; problems reported as "cameras[1].source.uri: ..."."""
+    if not isinstance(raw, list) or not raw:
+        err(CAMERAS, f"expected a list of cameras (lines starting with '- '), got {_show(raw)}")
+        return None
+    out: list[dict[str, Any]] = []
+    names: dict[str, int] = {}
+    streams: dict[str, int] = {}
+    top_stream = {k: v for k, v in values["stream"].items() if k != "name"}
+    for i, entry in enumerate(raw):
+        at = f"{CAMERAS}[{i}]"
+        if not isinstance(entry, dict):
+            err(at, f"expected the camera's settings (name:, stream:, source: ...), got {_show(entry)}")
+            continue
+        for key in entry:
+            if str(key) not in CAMERA_KEYS:
+                err(f"{at}.{key}", f"unknown key (valid keys here: {', '.join(CAMERA_KEYS)})")
+        cam: dict[str, Any] = {"name": None, "share": 1.0}
+        name = entry.get("name")
+        if name is not None:
+            if not isinstance(name, (str, int)) or isinstance(name, bool) or not _CAMERA_NAME.match(str(name)):
+                err(f"{at}.name", f"{_show(name)} is not a camera name (1 to 64 letters, digits, '.', '_' and '-')")
+            elif str(name) in names:
+                err(f"{at}.name", f"{str(name)!r} is also the name of cameras[{names[str(name)]}]; names are unique")
+            else:
+                names[str(name)] = i
+                cam["name"] = str(name)
+        own = _parse_section(entry.get("stream"), f"{at}.stream", StreamConfig, err, kind="stream")
+        cam["stream"] = top_stream | own
+        if "tags" in own and "tags" in top_stream:  # a camera's tags add to (or change) the fleet's
+            cam["stream"]["tags"] = tuple((dict(top_stream["tags"]) | dict(own["tags"])).items())
+        if "name" not in cam["stream"] and not err.about(f"{at}.stream.name"):
+            err(f"{at}.stream.name", "missing; each camera streams to its own Kinesis video stream "
+                                     "(placeholders like {hostname}-{camera} make one file fit every device)")
+        elif "name" in cam["stream"]:
+            sname = cam["stream"]["name"]
+            if sname in streams:
+                err(f"{at}.stream.name", f"{sname!r} is also the stream of cameras[{streams[sname]}]; "
+                                         "KVS takes one PutMedia connection per stream: give each camera its own")
+            streams[sname] = i
+        cam["source"] = _parse_section(entry.get("source"), f"{at}.source", SourceConfig, err, kind="source")
+        _check_source(cam["source"], f"{at}.source", err)
+        cam["upload"] = values["upload"] | _parse_section(entry.get("upload"), f"{at}.upload", UploadConfig, err,
+                                                          kind="upload")
+        buffer = entry.get("buffer")
+        if buffer is not None:
+            if not isinstance(buffer, dict) or set(map(str, buffer)) - {"share"}:
+                err(f"{at}.buffer", "only share: N (its weight in the split of buffer.max_bytes) goes here; "
+                                    "buffer.path and buffer.max_bytes are set once, at the top level")
+            elif buffer.get("share") is not None:
+                try:
+                    cam["share"] = float(_number(0.01, 1000)(buffer["share"], f"{at}.buffer.share"))
+                except _Problem as p:
+                    err(f"{at}.buffer.share", str(p.args[0]))
+        out.append(cam)
+    regions = [c["stream"].get("region", StreamConfig.region) for c in out]
+    for i, region in enumerate(regions[1:], 1):  # one control-plane client (and one credentials provider) for all
+        if region != regions[0]:
+            err(f"{CAMERAS}[{i}].stream.region", f"{region} differs from cameras[0]'s {regions[0]}: the cameras of "
+                                                  "one device stream to one region (set stream.region once)")
+    return out
+
+
+def _parse_section(raw: Any, section: str, cls: type, err: _Errors, kind: str | None = None) -> dict[str, Any]:
+    """The valid keys of one section, parsed; problems reported through err. Missing keys are left out (defaults).
+    kind: which section's keys these are when `section` is a path like cameras[1].source."""
+    kind = kind or section
     out: dict[str, Any] = {}
     if raw is None:  # a section whose lines are all commented out
         return out
@@ -803,7 +961,7 @@ def _parse_section(raw: Any, section: str, cls: type, err: _Errors) -> dict[str,
         path = f"{section}.{k}"
         if k not in fields or (section == "aws" and k == "iot"):
             if k not in fields:
-                err(path, _unknown_key(k, section))
+                err(path, _unknown_key(k, kind).replace(f"did you mean {kind}.", f"did you mean {section}."))
             continue
         f = fields[k]
         if value is None:
@@ -812,10 +970,11 @@ def _parse_section(raw: Any, section: str, cls: type, err: _Errors) -> dict[str,
             if f.default is None:
                 out[k] = None
             else:
-                err(path, f"has no value; give one or remove the line to use the default ({_default_shown(path, f)})")
+                err(path, f"has no value; give one or remove the line to use the default "
+                          f"({_default_shown(f'{kind}.{k}', f)})")
             continue
         try:
-            out[k] = _PARSERS[path](value, path)
+            out[k] = _PARSERS[f"{kind}.{k}"](value, path)
         except _Problem as p:
             err(path, str(p.args[0]))
     return out
@@ -867,9 +1026,15 @@ def _closest_key(key: str, exclude_section: str | None) -> str | None:
     return by_leaf[close[0]] if close else None
 
 
-def _cross_checks(v: dict[str, dict[str, Any]], iot_given: bool, err: _Errors) -> None:
+def _cross_checks(v: dict[str, dict[str, Any]], iot_given: bool, err: _Errors, *, cameras: bool = False) -> None:
     stream, aws, source = v["stream"], v["aws"], v["source"]
-    if "name" not in stream and not err.about("stream.name") and not err.about("stream"):
+    if cameras:
+        if "name" in stream:
+            err("stream.name", "with cameras:, each camera names its own stream (cameras[0].stream.name, ...); "
+                               "remove it here")
+        if source:
+            err("source", "with cameras:, each camera has its own source (cameras[0].source, ...); move it there")
+    elif "name" not in stream and not err.about("stream.name") and not err.about("stream"):
         err("stream.name", "missing; set it to the name of your Kinesis video stream")
 
     creds = aws.get("credentials", "default")
@@ -899,23 +1064,31 @@ def _cross_checks(v: dict[str, dict[str, Any]], iot_given: bool, err: _Errors) -
                     err(f"aws.iot.{k}", "required when aws.credentials is iot")
     elif iot_given:
         err("aws.iot", f"only used with aws.credentials: iot (it is {creds})")
+    if not cameras:
+        _check_source(source, "source", err)
 
+
+def _check_source(source: dict[str, Any], at: str, err: _Errors) -> None:
+    """The checks between one source block's keys; `at` is where it is ("source" or "cameras[1].source")."""
     stype = source.get("type", "picamera")
     uri = source.get("uri")
-    if err.about("source.type"):
+    if err.about(f"{at}.type"):
         return
     if stype in ("file", "rtsp", "v4l2"):
-        if uri is None and not err.about("source.uri"):
+        if uri is None and not err.about(f"{at}.uri"):
             example = {"file": "/home/pi/video.mp4", "rtsp": "rtsp://192.168.1.20:554/stream1", "v4l2": "/dev/video0"}
-            err("source.uri", f"required when source.type is {stype} (like {example[stype]})")
+            err(f"{at}.uri", f"required when {at}.type is {stype} (like {example[stype]})")
         elif uri is not None and stype == "rtsp" and not uri.lower().startswith(("rtsp://", "rtsps://")):
-            err("source.uri", f"{_show(uri)} is not an RTSP address; it must start with rtsp:// or rtsps://")
+            err(f"{at}.uri", f"{_show(uri)} is not an RTSP address; it must start with rtsp:// or rtsps://")
     elif uri is not None and "type" in source:
-        err("source.uri", f"not used by source.type {stype}; remove it or change source.type")
+        err(f"{at}.uri", f"not used by {at}.type {stype}; remove it or change {at}.type")
     elif uri is not None:
-        err("source.uri", "not used by source.type picamera (the default); set source.type (file, rtsp or v4l2)")
+        err(f"{at}.uri", f"not used by {at}.type picamera (the default); set {at}.type (file, rtsp or v4l2)")
     if source.get("loop") and stype != "file":
-        err("source.loop", f"only applies to source.type file (it is {stype})")
+        err(f"{at}.loop", f"only applies to {at}.type file (it is {stype})")
+    for key in ("camera_model", "camera_port"):
+        if source.get(key) is not None and stype != "picamera":
+            err(f"{at}.{key}", f"only applies to {at}.type picamera (it is {stype})")
 
 
 def _events_checks(v: dict[str, dict[str, Any]], err: _Errors) -> None:
@@ -929,7 +1102,7 @@ def _events_checks(v: dict[str, dict[str, Any]], err: _Errors) -> None:
                                      "could not reach back that far; make it at least as long")
 
 
-def _resolve_paths(v: dict[str, dict[str, Any]], base_dir: str) -> None:
+def _resolve_paths(v: dict[str, dict[str, Any]], base_dir: str, *, only_source: bool = False) -> None:
     def fix(section: dict[str, Any], key: str) -> None:
         p = section.get(key)
         if isinstance(p, str) and not os.path.isabs(os.path.expanduser(p)):
@@ -937,7 +1110,7 @@ def _resolve_paths(v: dict[str, dict[str, Any]], base_dir: str) -> None:
         elif isinstance(p, str):
             section[key] = os.path.expanduser(p)
 
-    for path in _PATH_KEYS:
+    for path in () if only_source else _PATH_KEYS:
         sec, key = path.rsplit(".", 1)
         section = v["aws"].get("iot") if sec == "aws.iot" else v[sec]
         if isinstance(section, dict):
@@ -946,14 +1119,15 @@ def _resolve_paths(v: dict[str, dict[str, Any]], base_dir: str) -> None:
         fix(v["source"], "uri")
 
 
-def _check_files(v: dict[str, dict[str, Any]], err: _Errors) -> None:
-    """Files that must exist where the configuration names them (certificates, CA bundles, a file source)."""
+def _check_files(v: dict[str, dict[str, Any]], err: _Errors, prefix: str = "") -> None:
+    """Files that must exist where the configuration names them (certificates, CA bundles, a file source).
+    prefix: where the source block is ("cameras[1]." for a camera entry)."""
     checks = [("aws.ca_bundle", v["aws"].get("ca_bundle"))]
     iot = v["aws"].get("iot")
     if isinstance(iot, dict) and v["aws"].get("credentials") == "iot":
         checks += [(f"aws.iot.{k}", iot.get(k)) for k in ("cert_file", "key_file", "ca_file")]
     if v["source"].get("type") == "file":
-        checks.append(("source.uri", v["source"].get("uri")))
+        checks.append((f"{prefix}source.uri", v["source"].get("uri")))
     for path, name in checks:
         if name is None or err.about(path):
             continue
@@ -975,6 +1149,8 @@ def redacted(cfg: Config) -> dict:
         if d["aws"].get(k) is not None:
             d["aws"][k] = REDACTED
     d["source"]["uri"] = _safe_uri(d["source"]["uri"])
+    for cam in d["cameras"]:
+        cam["source"]["uri"] = _safe_uri(cam["source"]["uri"])
     return d
 
 

@@ -13,6 +13,7 @@ Otherwise it holds:
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -24,6 +25,22 @@ from kvs_edge.upload_gate import UploadGate
 from kvs_edge.upload_policy import Mode
 
 log = logging.getLogger("kvs_edge.events")
+
+
+def control_socket_for(path: str, camera_label: str | None) -> str:
+    """events.control_socket of one camera: the path itself for the single camera (or the first, unnamed, of a
+    `cameras:` list), else `control.<label>.sock`, so that several cameras never take each other's socket."""
+    if camera_label is None:
+        return path
+    root, ext = os.path.splitext(path)
+    return f"{root}.{camera_label}{ext}"
+
+
+def camera_label(cfg) -> str | None:
+    cam = cfg.cameras[0] if getattr(cfg, "cameras", None) else None
+    if cam is None or (cam.name is None and cam.index == 0):
+        return None
+    return cam.label
 
 
 def build_gate(cfg, frag_log, timebase, folder) -> UploadGate | None:
@@ -124,7 +141,7 @@ class EventService:
 
     def start(self) -> None:
         self._started_at = time.time()
-        path = self.app.cfg.events.control_socket
+        path = control_socket_for(self.app.cfg.events.control_socket, camera_label(self.app.cfg))
         try:
             self.control = ControlServer(path, {"trigger": self._trigger, "status": self._status}).start()
         except OSError as e:  # triggers by socket are lost, recording and uploading go on

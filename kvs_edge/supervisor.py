@@ -29,6 +29,8 @@ BACKLOG_LOG_EVERY_S = 60.0
 
 def build_status(app, *, started_at: float, state_override: str | None = None) -> dict:
     """The status-file dict (docs/internals.md "Status file") for the running appliance."""
+    if hasattr(app, "status"):  # several cameras (camera_set.py): the same figures summed, and one entry per camera
+        return app.status(build_status, started_at=started_at, state_override=state_override)
     p = app.pipeline
     c = p.counters
     st = app.fragment_log.stats()
@@ -149,8 +151,7 @@ class Supervisor:
                 log.error("cannot serve metrics on %s: %s (continuing without)", self.metrics_listen, e.strerror or e)
         app.on_persisted = self.metrics.capture_to_persisted.observe if self.metrics else None
         app.start()
-        log.info("kvs-edge started: %s -> stream %s (%s)", getattr(app.source, "name", "source"),
-                 app.cfg.stream.name, app.cfg.stream.region)
+        log.info("kvs-edge started: %s", app.describe())
         code = 0
         last_status = 0.0
         try:
@@ -161,7 +162,7 @@ class Supervisor:
                     self._reload()
                     app = self.app
                 app.process_events()  # this thread alone applies what the muxer and uploader threads post
-                app.pipeline.check()
+                app.check()
                 status = build_status(app, started_at=self.started_at)
                 self.last_status = status
                 self._log_changes(status, now)
@@ -195,7 +196,7 @@ class Supervisor:
 
     def _log_stopped(self, code: int) -> None:
         try:
-            kept = self.app.fragment_log.stats().fragments
+            kept = self.app.buffered_fragments()
         except Exception as e:  # a log that failed to close: the next start recovers what is on disk
             log.warning("kvs-edge stopped (exit %d); the buffer's fragment count is unknown: %s", code, e)
             return
@@ -245,10 +246,10 @@ class Supervisor:
                 self._last["status_error"] = e.errno
 
     def _notify(self, status: dict, now: float) -> None:
-        p = self.app.pipeline
-        if p.counters.last_frame_mono is not None:
-            self.gate.frame(p.counters.last_frame_mono)
-        self.gate.uploader_beat(self.app.link.heartbeat_now())
+        last_frame = self.app.last_frame_mono()  # several cameras: the newest frame of any (fed while one is healthy)
+        if last_frame is not None:
+            self.gate.frame(last_frame)
+        self.gate.uploader_beat(self.app.heartbeat_now())
         if not self._ready_sent and status["camera"]["state"] == "ok":
             self._ready_sent = True
             self.notifier.ready(summary_line(status))

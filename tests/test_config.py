@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from kvs_edge.config import (
     ALL_KEYS,
+    CameraConfig,
     GiB,
     MiB,
     PLACEHOLDER,
@@ -67,7 +68,7 @@ BROKEN = [
      ["{f}: aws.secret_acces_key: unknown key, did you mean aws.secret_access_key?"]),
     (OK_HEAD + "source:\n  colour: red\n",
      ["{f}: source.colour: unknown key (valid keys here: type, uri, width, height, fps, bitrate, profile, hflip, "
-      "vflip, rotation, tuning_file, camera_index, loop)"]),
+      "vflip, rotation, tuning_file, camera_index, camera_model, camera_port, loop)"]),
     ("straem:\n  name: cam\n", ["{f}: straem: unknown section, did you mean stream?"]),
     (OK_HEAD + "fps: 30\n", ["{f}: fps: unknown section, did you mean source.fps? (settings go under their section)"]),
     # a missing stream name
@@ -284,7 +285,8 @@ def test_parse_config_in_memory_names_the_source():
 
 def test_defaults():
     cfg = parse_config({"stream": {"name": "cam"}}, "t")
-    assert cfg == Config(stream=cfg.stream)
+    # the single-camera form is one camera entry made of the top-level sections
+    assert cfg == Config(stream=cfg.stream, cameras=(CameraConfig(name=None, stream=cfg.stream, source=cfg.source),))
     assert (cfg.stream.region, cfg.stream.fragment_seconds, cfg.aws.credentials, cfg.source.type) == (
         "us-east-1", 2.0, "default", "picamera")
     assert (cfg.source.width, cfg.source.height, cfg.source.fps, cfg.source.bitrate) == (1280, 720, 30, 4_000_000)

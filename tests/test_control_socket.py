@@ -65,3 +65,25 @@ def test_refuses_to_replace_a_file_that_is_not_a_socket(tmp_path):
     with pytest.raises(ControlError, match="not a socket"):
         ControlServer(path, {}).start()
     assert path.read_text() == "keep me"
+
+
+def test_each_camera_of_a_list_has_its_own_socket():
+    from kvs_edge.config import parse_config
+    from kvs_edge.event_service import camera_label, control_socket_for
+    single = parse_config({"stream": {"name": "cam"}}, "c.yaml")
+    assert camera_label(single) is None
+    assert control_socket_for("/run/kvs-edge/control.sock", None) == "/run/kvs-edge/control.sock"
+    assert control_socket_for("/run/kvs-edge/control.sock", "door") == "/run/kvs-edge/control.door.sock"
+
+
+def test_cameras_list_gives_each_unit_a_socket_of_its_own():
+    from kvs_edge.camera_set import camera_config
+    from kvs_edge.config import parse_config
+    from kvs_edge.event_service import camera_label, control_socket_for
+    cfg = parse_config({"stream": {"region": "eu-west-1"},
+                        "cameras": [{"stream": {"name": "a"}, "source": {"type": "testpattern"}},
+                                    {"name": "door", "stream": {"name": "b"}, "source": {"type": "testpattern"}}]},
+                       "c.yaml")
+    paths = [control_socket_for(cfg.events.control_socket, camera_label(camera_config(cfg, cam, 16 << 20)))
+             for cam in cfg.cameras]
+    assert paths == ["/run/kvs-edge/control.sock", "/run/kvs-edge/control.door.sock"]

@@ -274,3 +274,23 @@ def test_without_picamera2_installed_the_error_says_how_to_install_it(monkeypatc
     run_until(src, 1, limit=5)
     assert str(src.error) == NOT_INSTALLED
     assert "apt install python3-picamera2" in NOT_INSTALLED
+
+
+PI5_TWO_CAMERAS = [
+    {"Model": "imx708", "Id": "/base/axi/pcie@120000/rp1/i2c@88000/imx708@1a", "Num": 0},
+    {"Model": "imx477", "Id": "/base/axi/pcie@120000/rp1/i2c@80000/imx477@1a", "Num": 1},
+]
+
+
+def test_select_camera_by_model_or_port():
+    from kvs_edge.sources.picamera import select_camera
+
+    assert select_camera(PI5_TWO_CAMERAS, 0, model="IMX477") == 1
+    assert select_camera(PI5_TWO_CAMERAS, 0, port="i2c@88000") == 0
+    assert select_camera(PI5_TWO_CAMERAS, 1) == 1
+    with pytest.raises(SourceError, match=r"source.camera_model 'imx219': no such camera \(found 0: imx708 at "):
+        select_camera(PI5_TWO_CAMERAS, 0, model="imx219")
+    two_alike = [dict(PI5_TWO_CAMERAS[0]), dict(PI5_TWO_CAMERAS[0], Id="/base/axi/pcie@120000/rp1/i2c@80000/x")]
+    with pytest.raises(SourceError, match="2 cameras match"):
+        select_camera(two_alike, 0, model="imx708")
+    assert select_camera(two_alike, 0, model="imx708", port="i2c@80000") == 1

@@ -1,4 +1,5 @@
-"""`kvs-edge import-boot-config [--boot DIR]... [--target FILE]`: apply kvs-edge.yaml from the boot partition.
+"""`kvs-edge import-boot-config [--boot DIR]... [--target FILE] [--iot-dir DIR]`: apply kvs-edge.yaml, and IoT
+device credentials (a kvs-edge-iot/ folder: service/iot_provision.py), from the boot partition.
 
 Run as root by kvs-edge-boot-config.service before kvs-edge.service. Exit 0 when there was nothing to do or the file
 was applied, 2 when the file was invalid (renamed .invalid, with a .error file), 1 when the files could not be
@@ -13,6 +14,7 @@ from pathlib import Path
 
 from kvs_edge.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from kvs_edge.service.boot_config import BOOT_DIRS, import_boot_config
+from kvs_edge.service.iot_provision import import_iot_credentials
 
 
 def main(args) -> int:
@@ -22,9 +24,7 @@ def main(args) -> int:
     try:
         result = import_boot_config(boot_dirs, target)
     except OSError as exc:
-        where = f" {exc.filename}" if exc.filename else ""
-        print(f"cannot import the boot-partition configuration:{where}: {exc.strerror or exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return _io_failure("the boot-partition configuration", exc)
     stream = sys.stdout if result.outcome != "invalid" else sys.stderr
     print(result.summary(), file=stream)
     for w in result.warnings:
@@ -32,5 +32,18 @@ def main(args) -> int:
     if result.outcome == "invalid":
         for m in result.messages:
             print(m, file=sys.stderr)
-        return EXIT_USAGE
-    return EXIT_OK
+    # IoT device credentials (issue 16): into <target folder>/iot/, owner-only; never printed
+    iot_dir = Path(args.iot_dir) if getattr(args, "iot_dir", None) else target.parent / "iot"
+    try:
+        iot = import_iot_credentials(boot_dirs, iot_dir)
+    except OSError as exc:
+        return _io_failure("the IoT credentials", exc)
+    if iot.outcome != "none":
+        print(iot.summary(), file=sys.stdout if iot.outcome == "installed" else sys.stderr)
+    return EXIT_USAGE if "invalid" in (result.outcome, iot.outcome) else EXIT_OK
+
+
+def _io_failure(what: str, exc: OSError) -> int:
+    where = f" {exc.filename}" if exc.filename else ""
+    print(f"cannot import {what}:{where}: {exc.strerror or exc}", file=sys.stderr)
+    return EXIT_FAILURE

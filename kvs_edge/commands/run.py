@@ -25,15 +25,26 @@ def tune_malloc() -> None:
         pass
 
 
-def load_valid(path: str):
-    """The configuration at path, or ConfigError with every message (placeholders count as errors for `run`)."""
+def load_valid(path: str, identity_root: str = "/"):
+    """The configuration at path with this device's names filled in ({hostname}, {serial}, ...: identity.py), or
+    ConfigError with every message (the example's placeholders count as errors for `run`)."""
+    from kvs_edge.identity import IdentityError, read_identity, resolve_config
+
     cfg = load_config(path)
     if has_placeholders(cfg):
         raise ConfigError([w.removeprefix("warning: ") for w in config_warnings(cfg, path)])
-    return cfg
+    try:
+        return resolve_config(cfg, read_identity(identity_root))
+    except IdentityError as e:
+        raise ConfigError([f"{path}: {e}"]) from None
 
 
 def build_appliance(cfg, path: str):
+    """One camera: the Appliance; several (cameras:): a CameraSet, one isolated pipeline per camera."""
+    if len(cfg.cameras) > 1:
+        from kvs_edge.camera_set import CameraSet
+
+        return CameraSet(cfg, config_path=path)
     from kvs_edge.appliance import Appliance
 
     return Appliance(cfg, config_path=path)

@@ -11,13 +11,15 @@ from kvs_edge.service.control_socket import ControlError, request
 
 
 def socket_path(args) -> str:
+    from kvs_edge.event_service import control_socket_for
     if args.socket:
         return args.socket
     from kvs_edge.config import EventsConfig, load_config
     try:
-        return load_config(args.config).events.control_socket
+        path = load_config(args.config).events.control_socket
     except Exception:  # no or unreadable config: the default socket is the best guess
-        return EventsConfig.control_socket
+        path = EventsConfig.control_socket
+    return control_socket_for(path, args.camera)
 
 
 def main(args) -> int:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from kvs_edge.emulator.store import Store, StoreError
 
-OPERATIONS = ("/createStream", "/describeStream", "/listStreams", "/deleteStream", "/getDataEndpoint")
+OPERATIONS = ("/createStream", "/describeStream", "/listStreams", "/deleteStream", "/getDataEndpoint", "/tagStream",
+              "/listTagsForStream")
 API_NAMES = {"PUT_MEDIA", "GET_MEDIA", "LIST_FRAGMENTS", "GET_MEDIA_FOR_FRAGMENT_LIST", "GET_HLS_STREAMING_SESSION_URL",
              "GET_DASH_STREAMING_SESSION_URL", "GET_CLIP", "GET_IMAGES"}
 
@@ -27,7 +28,7 @@ def handle(store: Store, path: str, body: dict, data_endpoint: str) -> dict:
             raise StoreError(400, "InvalidArgumentException", "StreamName is required.")
         info = store.create(body["StreamName"], retention_hours=body.get("DataRetentionInHours", 0),
                             media_type=body.get("MediaType"), device_name=body.get("DeviceName"),
-                            kms_key_id=body.get("KmsKeyId"))
+                            kms_key_id=body.get("KmsKeyId"), tags=body.get("Tags"))
         return {"StreamARN": info["StreamARN"]}
     if path == "/describeStream":
         name, arn = _one_of_name_arn(body)
@@ -57,6 +58,13 @@ def handle(store: Store, path: str, body: dict, data_endpoint: str) -> dict:
             raise StoreError(400, "InvalidArgumentException", "StreamARN is required.")
         store.delete(body["StreamARN"], body.get("CurrentVersion"))
         return {}
+    if path == "/tagStream":
+        name, arn = _one_of_name_arn(body)
+        store.tag(name, arn, body.get("Tags") or {})
+        return {}
+    if path == "/listTagsForStream":
+        name, arn = _one_of_name_arn(body)
+        return {"Tags": store.tags(name, arn)}
     if path == "/getDataEndpoint":
         if body.get("APIName") not in API_NAMES:
             raise StoreError(400, "InvalidArgumentException", f"APIName must be one of {sorted(API_NAMES)}.")

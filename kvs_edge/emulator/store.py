@@ -67,6 +67,7 @@ class _Stream:
         self.sessions: dict[str, Path] = {}
         self.stats = StreamStats()
         self.body_open = 0  # connections whose request body is still open (the 1-connection limit)
+        self.tags: dict[str, str] = {}
 
 
 def validate_name(name) -> str:
@@ -74,6 +75,21 @@ def validate_name(name) -> str:
         raise StoreError(400, "InvalidArgumentException",
                          "StreamName must be 1-256 characters of a-z, A-Z, 0-9, '_', '.', '-'")
     return name
+
+
+MAX_TAGS = 50
+
+
+def validate_tags(tags) -> dict[str, str]:
+    """The service model's ResourceTags: 1..50 entries, keys 1..128 characters, values 0..256 (TagStream,
+    CreateStream)."""
+    if not isinstance(tags, dict) or len(tags) > MAX_TAGS:
+        raise StoreError(400, "InvalidArgumentException", f"Tags must be a map of at most {MAX_TAGS} entries.")
+    for k, v in tags.items():
+        if not isinstance(k, str) or not 1 <= len(k) <= 128 or not isinstance(v, str) or len(v) > 256:
+            raise StoreError(400, "InvalidArgumentException",
+                             "A tag key is 1 to 128 characters and a tag value 0 to 256.")
+    return dict(tags)
 
 
 class Store:
@@ -88,13 +104,15 @@ class Store:
             if meta.is_file():
                 doc = json.loads(meta.read_text())
                 s = _Stream(doc["StreamInfo"], StreamCursor.from_dict(doc.get("Cursor", {})), d)
+                s.tags = dict(doc.get("Tags", {}))
                 s.sessions = {p.stem: p for p in sorted(d.glob("*.mkv"))}
                 self._streams[s.info["StreamName"]] = s
 
     # ---------------------------------------------------------------- streams
     def create(self, name: str, *, retention_hours: int = 24, media_type: str | None = None,
-               device_name: str | None = None, kms_key_id: str | None = None) -> dict:
+               device_name: str | None = None, kms_key_id: str | None = None, tags: dict | None = None) -> dict:
         validate_name(name)
+        tags = validate_tags(tags or {})
         if not isinstance(retention_hours, int) or isinstance(retention_hours, bool) or retention_hours < 0:
             raise StoreError(400, "InvalidArgumentException", "DataRetentionInHours must be an integer >= 0")
         with self._lock:
@@ -118,6 +136,7 @@ class Store:
                 shutil.rmtree(path)
             path.mkdir(parents=True)
             s = _Stream(info, StreamCursor(), path)
+            s.tags = tags
             self._streams[name] = s
             self._save(s)
             return dict(info)
@@ -134,6 +153,20 @@ class Store:
                 what = f"stream {name}" if name is not None else f"stream ARN {arn}"
                 raise StoreError(404, "ResourceNotFoundException", f"The {what} does not exist.")
             return s
+
+    def tag(self, name: str | None, arn: str | None, tags: dict) -> None:
+        """TagStream: add or overwrite tags; "You can add up to 50 tags to a stream" (at most 50 in all)."""
+        s = self.get(name, arn)
+        tags = validate_tags(tags)
+        with s.lock:
+            if len(s.tags | tags) > MAX_TAGS:
+                raise StoreError(400, "TagsPerResourceExceededLimitException",
+                                 f"A stream can have at most {MAX_TAGS} tags.")
+            s.tags.update(tags)
+        self.save_cursor(s)
+
+    def tags(self, name: str | None = None, arn: str | None = None) -> dict:
+        return dict(self.get(name, arn).tags)
 
     def describe(self, name: str | None = None, arn: str | None = None) -> dict:
         return dict(self.get(name, arn).info)
@@ -152,7 +185,7 @@ class Store:
 
     def _save(self, s: _Stream) -> None:
         tmp = s.path / "stream.json.tmp"
-        tmp.write_text(json.dumps({"StreamInfo": s.info, "Cursor": s.cursor.to_dict()}, indent=1))
+        tmp.write_text(json.dumps({"StreamInfo": s.info, "Cursor": s.cursor.to_dict(), "Tags": s.tags}, indent=1))
         os.replace(tmp, s.path / "stream.json")
 
     def save_cursor(self, s: _Stream) -> None:

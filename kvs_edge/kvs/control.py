@@ -146,9 +146,12 @@ class ControlPlane:
         create: bool = False,
         retention_hours: int = 24,
         kms_key_id: str | None = None,
+        tags: dict[str, str] | None = None,
         wait_s: float = 60.0,
     ) -> dict:
-        """The stream's StreamInfo once it is ACTIVE; creates it (CreateStream) only when `create` and it is missing."""
+        """The stream's StreamInfo once it is ACTIVE; creates it (CreateStream) only when `create` and it is missing,
+        with its retention and `tags` (CreateStream's Tags: "A list of tags to associate with the specified stream";
+        an existing stream's tags are left as they are)."""
         try:
             info = self.describe_stream(name)
         except ControlPlaneError as exc:
@@ -158,6 +161,8 @@ class ControlPlane:
                                       "MediaType": "video/h264"}
             if kms_key_id:
                 params["KmsKeyId"] = kms_key_id
+            if tags:
+                params["Tags"] = dict(tags)
             try:
                 self._call("CreateStream", name, self._client.create_stream, **params)
                 log.info("created stream %s in %s (retention %d h)", name, self.region, retention_hours)

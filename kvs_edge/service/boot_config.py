@@ -155,15 +155,22 @@ def _apply(new: Path, target: Path, group: str) -> Path | None:
 
 def _copy_keep_owner(src: Path, dst: Path) -> None:
     st = src.stat()
+    write_atomically(dst, src.read_bytes(), st.st_mode & 0o777, st.st_uid, st.st_gid)
+
+
+def write_atomically(dst: Path, data: bytes, mode: int, uid: int = -1, gid: int = -1) -> None:
+    """dst holds `data` with `mode` (and owner uid:gid when allowed) from the first byte: written to a temporary file
+    in its folder, synced, renamed over dst; a power cut leaves the old or the new file."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), st.st_mode & 0o777)
-            try:
-                os.fchown(f.fileno(), st.st_uid, st.st_gid)
-            except PermissionError:
-                pass
-            f.write(src.read_bytes())
+            os.fchmod(f.fileno(), mode)
+            if uid >= 0:
+                try:
+                    os.fchown(f.fileno(), uid, gid)
+                except PermissionError:
+                    pass
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, dst)
@@ -218,3 +225,8 @@ def _fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+# Public names for the IoT credentials import (iot_provision.py), which wipes and syncs the same way.
+wipe_and_remove = _wipe_and_remove
+fsync_dir = _fsync_dir

@@ -52,6 +52,18 @@ class Metrics:
                                     namespace=ns, registry=r)
         self.bytes_recorded = Gauge("bytes_recorded", "Fragment bytes recorded since the start (events/schedule)",
                                     namespace=ns, registry=r)
+        # several cameras (camera_set.py): the same figures per camera, labelled with its name and stream
+        labels = ("camera", "stream")
+        self.camera_up = Gauge("camera_up", "1 while this camera delivers frames", labels, namespace=ns, registry=r)
+        self.camera_connected = Gauge("camera_connected", "1 while this camera's PutMedia connection is up", labels,
+                                      namespace=ns, registry=r)
+        self.camera_failures = Gauge("camera_failures", "Times this camera's pipeline failed and was restarted",
+                                     labels, namespace=ns, registry=r)
+        self.camera_backlog_fragments = Gauge("camera_backlog_fragments", "This camera's fragments not yet PERSISTED",
+                                              labels, namespace=ns, registry=r)
+        self.camera_fragments_persisted = Counter("camera_fragments_persisted",
+                                                  "This camera's fragments KVS acknowledged as PERSISTED", labels,
+                                                  namespace=ns, registry=r)
         self._totals: dict[str, float] = {}
 
     def apply_status(self, status: dict[str, Any]) -> None:
@@ -88,6 +100,18 @@ class Metrics:
                            (self.bytes_recorded, "bytes_recorded")):
             if isinstance(upload.get(key), (int, float)):
                 gauge.set(upload[key])
+        for cam in status.get("cameras") or []:
+            labels = (str(cam.get("name")), str(cam.get("stream")))
+            self.camera_up.labels(*labels).set(1 if cam.get("state") == "ok" else 0)
+            self.camera_connected.labels(*labels).set(1 if cam.get("connection") == "connected" else 0)
+            self.camera_failures.labels(*labels).set(cam.get("failures") or 0)
+            self.camera_backlog_fragments.labels(*labels).set((cam.get("backlog") or {}).get("fragments") or 0)
+            value, key = cam.get("fragments_persisted"), f"persisted/{labels}"
+            if isinstance(value, (int, float)):
+                previous = self._totals.get(key, 0)
+                if value > previous:
+                    self.camera_fragments_persisted.labels(*labels).inc(value - previous)
+                self._totals[key] = value
 
 
 class MetricsServer:

@@ -155,6 +155,11 @@ def assess(status: dict[str, Any], now: float, *, process_alive: bool | None = N
         elif persisted_age is None and started is not None and now - started > NO_PERSISTED_AFTER_S:
             reasons.append(f"no fragment PERSISTED by KVS since the start {_span(now - started)} ago")
 
+    for cam in status.get("cameras") or []:  # several cameras: each one not delivering frames is named
+        if isinstance(cam, dict) and cam.get("state") not in ("ok", "starting"):
+            reasons.append(f"camera {cam.get('name')} (stream {cam.get('stream')}) {cam.get('state')}"
+                           + (f": {cam['last_error']}" if cam.get("last_error") else ""))
+
     last_error = status.get("last_error")
     if last_error:
         reasons.append(f"last error: {' '.join(str(last_error).split())}")
@@ -190,6 +195,12 @@ def format_human(status: dict[str, Any], now: float, *, process_alive: bool | No
         f"  evicted:       {status.get('fragments_evicted', 0)} fragments (buffer full)",
         f"  clock synced:  {'yes' if status.get('clock_synced') else 'no'}",
     ]
+    for cam in status.get("cameras") or []:
+        if isinstance(cam, dict):
+            lines.append(f"  camera {cam.get('name')}: {cam.get('state')}, stream {cam.get('stream')}, "
+                         f"{cam.get('frames', 0)} frames, {cam.get('connection')}, "
+                         f"{cam.get('fragments_persisted', 0)} persisted, "
+                         f"backlog {(cam.get('backlog') or {}).get('fragments', 0)} fragments")
     upload = _section(status, "upload")
     if upload.get("mode") not in (None, "continuous"):
         retained = _num(upload.get("retained_s"))

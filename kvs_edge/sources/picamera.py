@@ -63,6 +63,8 @@ class PicameraSource(Source):
         self.width, self.height = int(cfg.width), int(cfg.height)
         self.fps = cfg.fps
         self.camera_index = int(getattr(cfg, "camera_index", 0) or 0)
+        self.camera_model = getattr(cfg, "camera_model", None)
+        self.camera_port = getattr(cfg, "camera_port", None)
         self.iperiod = max(1, round(float(cfg.fps) * fragment_seconds))
         self.hflip, self.vflip = transform_flags(getattr(cfg, "hflip", False), getattr(cfg, "vflip", False),
                                                  int(getattr(cfg, "rotation", 0) or 0))
@@ -110,10 +112,7 @@ class PicameraSource(Source):
             raise SourceError(f"{NO_CAMERA} ({type(e).__name__}: {e})") from e
         if not cameras:
             raise SourceError(NO_CAMERA)
-        if self.camera_index >= len(cameras):
-            models = ", ".join(f"{i}: {c.get('Model', '?')}" for i, c in enumerate(cameras))
-            raise SourceError(f"source.camera_index {self.camera_index}: no such camera (found {models}); "
-                              f"set source.camera_index to 0..{len(cameras) - 1}")
+        self.camera_index = select_camera(cameras, self.camera_index, self.camera_model, self.camera_port)
         self.model = str(cameras[self.camera_index].get("Model", "?"))
         self._set_name()
         tuning = self._load_tuning(Picamera2)
@@ -243,3 +242,26 @@ class PicameraSource(Source):
         if t.is_alive():
             log.warning("%s: camera did not stop within %.1f s (a stalled camera can block forever); leaving it",
                         self.name, timeout)
+
+
+def select_camera(cameras: list[dict], index: int, model: str | None = None, port: str | None = None) -> int:
+    """Which of Picamera2.global_camera_info()'s cameras to open (issue 16: several cameras on one Pi): the one
+    whose Model is `model` (e.g. imx708; case-insensitive) and/or whose Id (libcamera's path through the device tree,
+    e.g. /base/axi/pcie@120000/rp1/i2c@88000/imx708@1a) contains `port`; else number `index`. Pure. SourceError
+    naming the cameras found when none or several match."""
+    found = ", ".join(f"{i}: {c.get('Model', '?')} at {c.get('Id', '?')}" for i, c in enumerate(cameras))
+    if model is None and port is None:
+        if index >= len(cameras):
+            models = ", ".join(f"{i}: {c.get('Model', '?')}" for i, c in enumerate(cameras))
+            raise SourceError(f"source.camera_index {index}: no such camera (found {models}); "
+                              f"set source.camera_index to 0..{len(cameras) - 1}")
+        return index
+    matches = [i for i, c in enumerate(cameras)
+               if (model is None or str(c.get("Model", "")).lower() == model.lower())
+               and (port is None or port in str(c.get("Id", "")))]
+    what = " and ".join(f"source.{k} {v!r}" for k, v in (("camera_model", model), ("camera_port", port)) if v)
+    if not matches:
+        raise SourceError(f"{what}: no such camera (found {found})")
+    if len(matches) > 1:
+        raise SourceError(f"{what}: {len(matches)} cameras match (found {found}); add source.camera_port")
+    return matches[0]
