@@ -3,14 +3,15 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# Debian tools some tests use (unit checks, shell lint); installed with apt when missing (CI runs as root).
-APT_TOOLS := shellcheck:shellcheck systemd-analyze:systemd
+# Debian tools some tests use (unit checks, shell lint, the console's real-browser test); installed with apt when missing
+# (CI runs as root).
+APT_TOOLS := shellcheck:shellcheck systemd-analyze:systemd chromium:chromium chromedriver:chromium-driver
 # What building the official KVS C producer SDK needs (tools/kvs-sdk/build.sh, for tests/test_sdk_interop.py):
 # commands, then pkg-config modules, each with the Debian package that provides it.
 SDK_APT_TOOLS := cmake:cmake cc:build-essential make:build-essential pkg-config:pkg-config
 SDK_APT_PKGCONFIG := libcurl:libcurl4-openssl-dev openssl:libssl-dev
 
-.PHONY: test demo venv tools sdk-tools sdk bench image-test picamera-test clean
+.PHONY: test demo venv tools sdk-tools sdk bench image-test picamera-test clean docs dist
 
 venv: $(STAMP)
 
@@ -54,8 +55,9 @@ sdk: sdk-tools
 test: $(STAMP) tools sdk-tools
 	$(PY) -m pytest -q
 
+# In a terminal it ends with the emulator's web console URL and streams live until Ctrl-C (--watch); elsewhere it exits.
 demo: $(STAMP)
-	$(VENV)/bin/kvs-edge demo
+	$(VENV)/bin/kvs-edge demo --watch
 
 # Benchmarks print tables with a reference measured in the same run; they are not part of `make test`.
 bench: $(STAMP)
@@ -67,6 +69,20 @@ bench: $(STAMP)
 	$(PY) bench/pipeline.py
 	$(PY) bench/events.py
 	$(PY) bench/motion.py
+	$(PY) bench/read_side.py
+	$(PY) bench/hls.py
+	$(PY) bench/producer.py
+
+# API reference of the library (kvs_edge.Producer, kvs_edge.picamera2) from the docstrings, in docs/api/.
+# Without Picamera2 installed, kvs_edge.picamera2 is documented against the test fake's Output (same signatures).
+docs: $(STAMP)
+	PYTHONPATH=tests/fakes $(PY) -m pdoc --output-directory docs/api kvs_edge kvs_edge.producer kvs_edge.picamera2 kvs_edge.media.fragment_tags kvs_edge.media.access_unit
+
+# sdist and wheel in dist/, checked as PyPI would
+dist: $(STAMP)
+	rm -rf dist build
+	$(PY) -m build --no-isolation --outdir dist .
+	$(PY) -m twine check --strict dist/*
 
 # Debian arm64 root file system under qemu-user-static, kvs-edge installed by the pi-gen stage's install path,
 # then checked inside it (see docs/image.md). Needs root; installs debootstrap/qemu-user-static/binfmt-support.
@@ -78,7 +94,7 @@ image-test: $(STAMP)
 # for apt), then tests/test_real_picamera2.py, which skips in plain `make test` when that build is absent.
 picamera-test: $(STAMP)
 	bash tools/real-picamera/build.sh
-	KVS_EDGE_REQUIRE_REAL_PICAMERA=1 $(PY) -m pytest -q -s tests/test_real_picamera2.py
+	KVS_EDGE_REQUIRE_REAL_PICAMERA=1 $(PY) -m pytest -q -s tests/test_real_picamera2.py tests/test_real_picamera2_kvsoutput.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info
+	rm -rf $(VENV) build dist *.egg-info docs/api

@@ -30,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="stream a test pattern to an embedded local KVS emulator")
     s.add_argument("--seconds", type=float, default=20.0, help="how long to stream (default 20)")
     s.add_argument("--data-dir", default=None, help="where the emulator archives the video (default ./demo-data)")
+    s.add_argument("--watch", action="store_true",
+                   help="in a terminal: then keep streaming, with the emulator's web console URL, until Ctrl-C")
 
     s = sub.add_parser("emulator", help="run a local Kinesis Video Streams endpoint (control plane + PutMedia)")
     s.add_argument("--host", default="127.0.0.1")

@@ -122,6 +122,10 @@ class BufferConfig:
     retain_seconds: float | None = None  # video not selected for upload (events mode) is kept this long; None: max_bytes
 
 
+# The Producer's buffer (`Producer(buffer_max_bytes=...)`): smaller than the appliance's, as a library shares its host.
+PRODUCER_BUFFER_MAX_BYTES = "512MiB"
+
+
 @dataclass(frozen=True)
 class TimeConfig:
     require_sync: bool = True
@@ -191,6 +195,13 @@ class CameraConfig:
 
 
 @dataclass(frozen=True)
+class MetadataConfig:
+    """The `metadata:` block: static tags written before every fragment (name: value lines, e.g. site, serial)."""
+
+    tags: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     stream: StreamConfig
     aws: AwsConfig = field(default_factory=AwsConfig)
@@ -204,6 +215,7 @@ class Config:
     # Always at least one entry once parsed: the single-camera form (stream:, source:) is the one camera. With a
     # `cameras:` list, `stream`/`source`/`upload` above are the first camera's (callers that know one camera only).
     cameras: tuple[CameraConfig, ...] = ()
+    metadata: MetadataConfig = field(default_factory=MetadataConfig)
 
 
 SECTIONS: dict[str, type] = {
@@ -821,7 +833,7 @@ def parse_config(data: Any, source_name: str, base_dir: str | None = None) -> Co
         ])
 
     for key in data:
-        if str(key) not in SECTIONS and str(key) != CAMERAS:
+        if str(key) not in SECTIONS and str(key) not in (CAMERAS, "metadata"):
             err(str(key), _unknown_top(str(key)))
 
     values: dict[str, dict[str, Any]] = {}
@@ -833,6 +845,7 @@ def parse_config(data: Any, source_name: str, base_dir: str | None = None) -> Co
         values["aws"]["iot"] = _parse_section(aws_raw["iot"], "aws.iot", IotConfig, err)
 
     cameras = _parse_cameras(data.get(CAMERAS), values, err) if CAMERAS in data else None
+    metadata = _parse_metadata(data.get("metadata"), err)
     _cross_checks(values, iot_given, err, cameras=CAMERAS in data)
     _events_checks(values, err)
     if base_dir is not None:
@@ -868,7 +881,32 @@ def parse_config(data: Any, source_name: str, base_dir: str | None = None) -> Co
         log=LogConfig(**values["log"]),
         events=EventsConfig(**values["events"]),
         cameras=entries,
+        metadata=metadata,
     )
+
+
+def _parse_metadata(raw: Any, err: _Errors) -> MetadataConfig:
+    """`metadata:`: name: value lines, each a fragment tag within KVS's limits (media/fragment_tags.py)."""
+    from kvs_edge.media.fragment_tags import FragmentTags, TagError
+
+    if raw is None:
+        return MetadataConfig()
+    if not isinstance(raw, dict):
+        err("metadata", f"expected tag lines under it (indented name: value), got {_show(raw)}")
+        return MetadataConfig()
+    tags, book = [], FragmentTags()
+    for key, value in raw.items():
+        path = f"metadata.{key}"
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            err(path, f"expected a text value, got {_kind(value)}")
+            continue
+        try:
+            book.put(str(key), str(value), persistent=True)
+        except TagError as e:
+            err(path, str(e))
+            continue
+        tags.append((str(key), str(value)))
+    return MetadataConfig(tuple(tags))
 
 
 # --------------------------------------------------------------------------------------------------------------------

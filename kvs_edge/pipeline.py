@@ -65,7 +65,8 @@ class Pipeline:
     """
 
     def __init__(self, *, source, frag_log, uploader=None, fragment_seconds: float, queue_frames: int = 240,
-                 stall_seconds: float = HealthConfig.stall_seconds, clock: Callable[[], float] = time.monotonic) -> None:
+                 stall_seconds: float = HealthConfig.stall_seconds, clock: Callable[[], float] = time.monotonic,
+                 tags=None) -> None:
         self.source = source
         self.fragment_log = frag_log
         self.uploader = uploader
@@ -76,7 +77,7 @@ class Pipeline:
         self._queue: queue.Queue = queue.Queue(maxsize=queue_frames)
         self._dropping = False
         self._stop = threading.Event()
-        self.recorder = Recorder(frag_log)
+        self.recorder = Recorder(frag_log, tags)  # tags: FragmentTags, the static ones of the `metadata:` block
         self.events = EventQueue()  # muxer and uploader threads -> the supervisor's thread
         # seq -> capture ms of its first frame, for the latency figure: only the thread that drains `events` touches it
         self._capture_ms: dict[int, int] = {}
@@ -151,6 +152,11 @@ class Pipeline:
         except Exception as e:
             log.warning("closing the fragment log: %s", e)
 
+    def put_control(self, item, timeout: float) -> None:
+        """Queue a control item (`item.run(pipeline)` on the muxer thread, in order with the frames). Waits for room
+        at most `timeout` seconds (the muxer, never the network); queue.Full after that."""
+        self._queue.put(item, timeout=timeout)
+
     def _queue_put_stop(self) -> None:
         while True:
             try:
@@ -169,12 +175,20 @@ class Pipeline:
                 item = self._queue.get()
                 if item is _STOP:
                     break
+                if not isinstance(item, Frame):  # a control item put by the Producer (producer.py): tags, flush
+                    item.run(self)
+                    continue
                 self._apply(self.fragmenter.push(item.data, item.timestamp_ns // 1_000_000, item.key))
                 self.counters.frames_muxed += 1
-            self._apply(self.fragmenter.close())
+            self.close_fragment()
         except BaseException as e:  # noticed by check(): the process exits non-zero
             log.exception("muxer thread died")
             self._muxer_error = e
+
+    def close_fragment(self) -> None:
+        """The muxer thread: end the fragment being written (the next frame that is written starts a new session at a
+        key frame)."""
+        self._apply(self.fragmenter.close())
 
     def _apply(self, events) -> None:
         started, notices = self.recorder.apply(events)

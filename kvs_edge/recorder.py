@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import logging
 
+from kvs_edge.media.fragment_tags import FragmentTags
 from kvs_edge.media.fragmenter import FragmentEnd, FragmentStart, FrameWritten, Notice, SessionStart
 
 log = logging.getLogger(__name__)
 
 
 class Recorder:
-    def __init__(self, frag_log) -> None:
+    """tags: the fragment metadata (media/fragment_tags.py) written before each fragment's cluster, in the fragment's
+    own bytes in the log, so that a resend carries them again."""
+
+    def __init__(self, frag_log, tags: FragmentTags | None = None) -> None:
         self.fragment_log = frag_log
+        self.tags = tags if tags is not None else FragmentTags()
         self.header_id: int | None = None
         self.open_seq: int | None = None  # the fragment being written
+        self.last_seq: int | None = None  # the fragment started last
         self.fragments = 0
         self.frames = 0
 
@@ -30,7 +36,9 @@ class Recorder:
                 self.fragment_log.append(ev.data, ev.timecode_ms)
                 self.frames += 1
             elif isinstance(ev, FragmentStart):
-                self.open_seq = self.fragment_log.start_fragment(self.header_id, ev.timecode_ms, ev.data)
+                self.open_seq = self.fragment_log.start_fragment(self.header_id, ev.timecode_ms,
+                                                                 self.tags.take() + ev.data)
+                self.last_seq = self.open_seq
                 started.append((self.open_seq, ev.timecode_ms))
             elif isinstance(ev, FragmentEnd):
                 if self.open_seq is not None:

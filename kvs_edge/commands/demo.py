@@ -3,6 +3,10 @@
 Starts the KVS emulator in-process on a free port, streams the test pattern through the same Appliance and
 Supervisor as `kvs-edge run` for N seconds with a live status line, waits until every fragment is PERSISTED, then
 checks the archive (frames in = frames archived, PyAV decodes them) and says where the MKV is and how to play it.
+
+`--watch` in a terminal (what `make demo` runs): after the check the test pattern keeps streaming and the emulator
+stays up until Ctrl-C; the last line is the URL of the emulator's web console, which plays it live (HLS). Without a
+terminal (CI, pipes) --watch changes nothing.
 """
 
 from __future__ import annotations
@@ -62,10 +66,13 @@ def main(args) -> int:
     shutil.rmtree(data_dir / "emulator", ignore_errors=True)
     buffer_dir = tempfile.mkdtemp(prefix="kvs-edge-demo-buffer-")
     tty = sys.stdout.isatty()
+    watch = bool(getattr(args, "watch", False)) and tty
     seconds = float(args.seconds)
     with Emulator(data_dir / "emulator", port=0) as emu:
         emu.create_stream(STREAM, retention_hours=24)
         print(f"KVS emulator at {emu.url} (archive in {data_dir / 'emulator'})")
+        if watch:
+            print(f"web console (live while the demo runs): {emu.url}/")
         cfg = demo_config(emu.url, buffer_dir)
         app = Appliance(cfg)
         sup = Supervisor(app)
@@ -87,10 +94,17 @@ def main(args) -> int:
         entries = emu.archive(STREAM)
         archived = sum(e.frames for e in entries)
         files = emu.archive_files(STREAM)
-    shutil.rmtree(buffer_dir, ignore_errors=True)
-    if code != 0:
-        print("demo failed: see the messages above", file=sys.stderr)
-        return code
+        shutil.rmtree(buffer_dir, ignore_errors=True)
+        if code != 0:
+            print("demo failed: see the messages above", file=sys.stderr)
+            return code
+        code = _report(produced, archived, entries, files, latencies)
+        if watch and code == EXIT_OK:
+            code = _watch(emu)
+    return code
+
+
+def _report(produced: int, archived: int, entries, files, latencies) -> int:
     decoded = _decode_count(files)
     print(f"frames captured {produced}, archived {archived} in {len(entries)} fragments, decoded by PyAV {decoded}")
     if latencies:
@@ -104,6 +118,24 @@ def main(args) -> int:
         print("demo: the archive does not hold every captured frame", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def _watch(emu) -> int:
+    """Stream the test pattern again (a fresh buffer) until Ctrl-C, the emulator's console playing it live."""
+    from kvs_edge.appliance import Appliance
+    from kvs_edge.supervisor import Supervisor
+
+    buffer_dir = tempfile.mkdtemp(prefix="kvs-edge-demo-buffer-")
+    try:
+        sup = Supervisor(Appliance(demo_config(emu.url, buffer_dir)))
+        sup.install_signal_handlers()  # Ctrl-C (SIGINT) and SIGTERM end the loop cleanly
+        print("streaming the test pattern live until Ctrl-C; watch it in a browser at the web console:")
+        print(f"{emu.url}/", flush=True)
+        code = sup.run()
+    finally:
+        shutil.rmtree(buffer_dir, ignore_errors=True)
+    print("stopped")
+    return code
 
 
 def _capture_done(app, t0: float, seconds: float) -> bool:

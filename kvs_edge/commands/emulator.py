@@ -104,6 +104,7 @@ def main(args) -> int:
         print(f"AWS IoT credentials provider on https://{iot.endpoint} (role alias {iot.role_alias}, "
               f"credentials valid {args.iot_lifetime:g} s)")
     print(json.dumps(info), flush=True)
+    print(f"web console (for this machine only: unsigned routes): {emu.url}/", flush=True)
     try:
         while not stop.wait(0.5):
             pass

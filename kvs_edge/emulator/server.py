@@ -23,9 +23,10 @@ from urllib.parse import unquote, urlsplit
 
 import h11
 
-from kvs_edge.emulator import control, sigv4
+from kvs_edge.emulator import control, read_http, sigv4, web
 from kvs_edge.emulator.faults import Faults
 from kvs_edge.emulator.ingest import Ack, Limits, PutMediaIngest, Store as StoreOut, ERROR
+from kvs_edge.emulator.playback import Playback
 from kvs_edge.emulator.store import ArchiveEntry, Store, StoreError, StreamStats
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class Emulator:
             self._ssl.load_cert_chain(tls_cert, tls_key)
         self.store = Store(self.data_dir, region)
         self.faults = Faults(on_offline=self._set_offline)
+        self.playback = Playback(self.store)  # HLS streaming sessions (web.py serves them)
         self._listener: socket.socket | None = None
         self._listening = False
         self._lock = threading.Lock()
@@ -245,6 +247,9 @@ class Emulator:
             self._drain(h, conn)
             _send_error(h, conn, status, etype, msg)
             return True
+        handled = web.dispatch(self, h, conn, method, target, path, headers)  # HLS, session URLs, the console
+        if handled is not None:
+            return handled
         if method == "GET" and path.startswith("/archive/"):
             self._drain(h, conn)
             try:
@@ -260,6 +265,8 @@ class Emulator:
         if body is None:
             _send_error(h, conn, 413, "InvalidArgumentException", "Request body too large.")
             return False
+        if method == "POST" and path in read_http.OPERATIONS:  # ListFragments, GetMedia, GetClip, GetImages, ...
+            return read_http.serve(self, h, conn, path, target, headers, body)
         if method != "POST" or path not in control.OPERATIONS:
             if path == "/" and method == "POST":
                 _send_error(h, conn, 400, "SerializationException",
@@ -268,22 +275,26 @@ class Emulator:
             else:
                 _send_error(h, conn, 404, "UnknownOperationException", f"Unknown operation {method} {path}")
             return True
+        ok, out = self._signed_json(h, conn, method, target, headers, body,
+                                    lambda doc: control.handle(self.store, path, doc, self.url))
+        if ok:
+            _send_json(h, conn, 200, out)
+        return True
+
+    def _signed_json(self, h: h11.Connection, conn: socket.socket, method: str, target: str, headers: dict,
+                     body: bytes, run) -> tuple[bool, object]:
+        """Check SigV4, parse the JSON body and return (True, run(doc)); on any failure the AWS error is sent and
+        (False, None) returned. Shared by the control plane and the read APIs."""
         try:
             self._authenticate(method, target, headers, body)
+            return True, run(json.loads(body or b"{}"))
         except sigv4.AuthError as e:
             _send_error(h, conn, e.status, e.error_type, e.message)
-            return True
-        try:
-            doc = json.loads(body or b"{}")
-            out = control.handle(self.store, path, doc, self.url)
         except json.JSONDecodeError:
             _send_error(h, conn, 400, "SerializationException", "The request body is not valid JSON.")
-            return True
         except StoreError as e:
             _send_error(h, conn, e.status, e.error_type, e.message)
-            return True
-        _send_json(h, conn, 200, out)
-        return True
+        return False, None
 
     def _authenticate(self, method: str, target: str, headers: dict, body: bytes) -> str:
         return sigv4.verify(method=method, target=target, headers=headers, body=body,

@@ -4,6 +4,11 @@ Layout under DATA_DIR:
     streams/<name>/stream.json      StreamInfo as DescribeStream returns it, plus the cursor (last frame, fragment no.)
     streams/<name>/index.jsonl      one JSON line per persisted fragment (ArchiveEntry)
     streams/<name>/<session>.mkv    one playable MKV per PutMedia session: its header + its persisted clusters
+
+Fragments are stored as they come, also when their timestamps overlap what the stream already holds (a new session,
+an offline upload, a resend after a lost PERSISTED ACK): the service resolves duplicates at read time
+(kvs_edge/emulator/archive_reader.py). Each index line records where its cluster lies in the session file
+(`offset`, `length`) and how long that file's header is (`header_size`), so a fragment can be served alone.
 """
 
 from __future__ import annotations
@@ -43,6 +48,9 @@ class ArchiveEntry:
     session: str
     first_frame_ms: int
     last_frame_ms: int
+    offset: int | None = None  # byte range of the fragment's Cluster in streams/<name>/<session>.mkv
+    length: int | None = None
+    header_size: int | None = None  # the session file's EBML header + Segment head + Info + Tracks
     tags: list[str] = field(default_factory=list)  # "NAME=VALUE" of the fragment's metadata tags
 
 
@@ -68,6 +76,8 @@ class _Stream:
         self.stats = StreamStats()
         self.body_open = 0  # connections whose request body is still open (the 1-connection limit)
         self.tags: dict[str, str] = {}
+        self.persisted = threading.Condition(self.lock)  # notified for every fragment archived (live readers)
+        self.count: int | None = None  # fragments in the index (None: not counted yet)
 
 
 def validate_name(name) -> str:
@@ -203,13 +213,17 @@ class Store:
                 if path is None:
                     f.write(rec.session_header)
                     s.sessions[rec.session_id] = s.path / f"{rec.session_id}.mkv"
+                offset = f.tell()
                 f.write(rec.data)
             entry = ArchiveEntry(rec.number, rec.producer_ts_ms, rec.server_ts_ms, rec.size, rec.frames,
                                  list(rec.defects), rec.session_id, rec.first_frame_ms, rec.last_frame_ms,
-                                 list(rec.tags))
+                                 offset, len(rec.data), len(rec.session_header), list(rec.tags))
             with open(s.path / "index.jsonl", "a") as f:
                 f.write(json.dumps(asdict(entry)) + "\n")
             s.stats.fragments_persisted += 1
+            if s.count is not None:
+                s.count += 1
+            s.persisted.notify_all()
             self._save(s)
             return entry
 
@@ -220,6 +234,31 @@ class Store:
             if not idx.exists():
                 return []
             return [ArchiveEntry(**json.loads(line)) for line in idx.read_text().splitlines() if line.strip()]
+
+    def wait_for_fragments(self, name: str, known: int, timeout_s: float) -> int:
+        """Block until the stream holds more than `known` fragments or `timeout_s` passed; the current count."""
+        s = self.get(name)
+        with s.lock:
+            if s.count is None:
+                idx = s.path / "index.jsonl"
+                s.count = sum(1 for line in idx.read_text().splitlines() if line.strip()) if idx.exists() else 0
+            s.persisted.wait_for(lambda: s.count > known or not s.path.exists(), timeout_s)
+            return s.count
+
+    def read_bytes(self, name: str, session: str, offset: int, length: int) -> bytes:
+        """`length` bytes at `offset` of a session file (a fragment's cluster, or the session header at 0)."""
+        s = self.get(name)
+        with s.lock:
+            path = s.sessions.get(session)
+        if path is None:
+            raise StoreError(404, "ResourceNotFoundException", f"session {session} of stream {name} is not stored")
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(length)
+        if len(data) != length:
+            raise StoreError(500, "InternalFailure",
+                             f"session file {path.name} is shorter than its index says")
+        return data
 
     def archive_files(self, name: str) -> list[Path]:
         s = self.get(name)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from kvs_edge.kvs import acks
+from kvs_edge.media.fragment_tags import tags_prefix_length
 from kvs_edge.media.mkv import CLUSTER_HEAD_SIZE, end_of_fragment_tag, retime_cluster_head
 
 # docs/kvs-putmedia.md section 2, the SDK's reaction per ErrorId: "4001 fragment over 50 MB: skip fragment ... 4004
@@ -292,13 +293,20 @@ class PutMediaSession:
             return []
         if not f.head_done:
             f.head += data
-            if len(f.head) < CLUSTER_HEAD_SIZE:
-                return []
+            # docs/kvs-putmedia.md section 4: "user metadata tags [go] before the cluster they belong to": a fragment
+            # in the log may start with its Tags elements; the cluster head (retimed here) follows them
             try:
-                head = retime_cluster_head(bytes(f.head[:CLUSTER_HEAD_SIZE]), f.producer_ms)
+                tags = tags_prefix_length(f.head)
+            except ValueError as e:
+                return self._skip_local(f, f"fragment {f.seq} starts with broken tags: {e}")
+            if tags is None or len(f.head) < tags + CLUSTER_HEAD_SIZE:
+                return []
+            end = tags + CLUSTER_HEAD_SIZE
+            try:
+                head = bytes(f.head[:tags]) + retime_cluster_head(bytes(f.head[tags:end]), f.producer_ms)
             except ValueError as e:
                 return self._skip_local(f, f"fragment {f.seq} does not start with a cluster: {e}")
-            rest = bytes(f.head[CLUSTER_HEAD_SIZE:])
+            rest = bytes(f.head[end:])
             f.head = bytearray()
             f.head_done = True
             self._mark_previous_complete(now)

@@ -10,7 +10,8 @@ class Frame:
     """One encoded picture.
 
     data: one H.264 access unit in Annex B form (start codes), as an encoder emits it.
-    timestamp_ns: capture time on CLOCK_MONOTONIC, in nanoseconds.
+    timestamp_ns: capture time in nanoseconds: CLOCK_MONOTONIC from the appliance's sources (the Timebase maps it),
+        wall-clock epoch from Producer.put_frame (a FixedOffset(0) time base).
     key: True for an IDR access unit (a point where decoding can start).
     """
 

@@ -176,6 +176,11 @@ def tags(pairs: list[tuple[str, str]]) -> bytes:
     return _tags(pairs)
 
 
+def service_tags(pairs: list[tuple[str, str]]) -> bytes:
+    """A Tags element of tags the service itself writes (AWS_KINESISVIDEO_...): no user-tag limits apply."""
+    return _tags(list(pairs))
+
+
 _EOF_TAG = _tags([(END_OF_FRAGMENT, "")])
 
 
