@@ -253,6 +253,9 @@ class CameraSet:
             "state": state,
             "camera": {"state": camera_state, "frames": sum(s["camera"]["frames"] for s in per),
                        "last_frame_age_s": min(ages) if ages else None},
+            # audio (issue 14): "missing" while one camera's sound is missing, "ok" while one carries it, else "off"
+            "audio": {"state": next((st for st in ("missing", "ok") if st in [s["audio"]["state"] for s in per]), "off"),
+                      **{k: sum(s["audio"][k] for s in per) for k in ("frames", "written", "dropped")}},
             "connection": {"state": conn, "since": min((s["connection"]["since"] for s in per), default=None)},
             "backlog": {k: round(sum(s["backlog"][k] for s in per), 3) for k in ("fragments", "bytes", "seconds")},
             "last_persisted_age_s": min(persisted) if persisted else None,
@@ -276,7 +279,7 @@ def _camera_entry(u: CameraUnit, s: dict | None) -> dict:
         return entry
     entry.update(frames=s["camera"]["frames"], last_frame_age_s=s["camera"]["last_frame_age_s"],
                  connection=s["connection"]["state"], fragments_persisted=s["fragments_persisted"],
-                 backlog=s["backlog"])
+                 backlog=s["backlog"], audio=s["audio"]["state"])
     if entry["last_error"] is None and s["last_error"]:
         entry["last_error"] = s["last_error"]
     if entry["state"] == "reconnecting" and entry["last_error"] is None:

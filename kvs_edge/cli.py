@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--fps", type=float, default=30.0)
     s.add_argument("--start-ms", type=int, default=None, help="producer timestamp of the first frame, epoch ms")
+    s.add_argument("--audio", default=None, help="a sound file to add as an AAC track (AAC kept, others transcoded)")
 
     s = sub.add_parser("upload", help="send a file (.h264, .mkv, .mp4) to KVS and wait until every fragment is PERSISTED")
     s.add_argument("input")

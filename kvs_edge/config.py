@@ -88,6 +88,18 @@ class AwsConfig:
 
 
 @dataclass(frozen=True)
+class AudioConfig:
+    """source.audio: a microphone track (AAC, track 2). device: an ALSA name (default, hw:1,0, plughw:CARD=X), or
+    `auto` (file and rtsp sources: the input's own audio track; testpattern: a tone that beeps at each flash)."""
+
+    device: str = "auto"
+    sample_rate: int = 48000
+    channels: int = 1
+    bitrate: int = 64_000
+    codec: str = "aac"  # Opus is not offered: KVS playback takes AAC only (docs/kvs-service-facts.md)
+
+
+@dataclass(frozen=True)
 class SourceConfig:
     type: str = "picamera"
     uri: str | None = None
@@ -104,6 +116,7 @@ class SourceConfig:
     camera_model: str | None = None  # Pi camera chosen by sensor model (e.g. imx708) instead of camera_index
     camera_port: str | None = None  # ... or by where it is plugged (text in libcamera's camera Id, e.g. i2c@88000)
     loop: bool = False
+    audio: AudioConfig | None = None  # no audio unless a source.audio block is given
 
     def __repr__(self) -> str:  # an RTSP address may carry a camera password
         parts = ", ".join(
@@ -229,7 +242,7 @@ SECTIONS: dict[str, type] = {
     "log": LogConfig,
     "events": EventsConfig,
 }
-SUBSECTIONS: dict[str, type] = {"aws.iot": IotConfig}
+SUBSECTIONS: dict[str, type] = {"aws.iot": IotConfig, "source.audio": AudioConfig}
 
 
 def _keys(cls: type) -> list[str]:
@@ -461,6 +474,15 @@ def _bitrate(lo: int, hi: int) -> Callable[[Any, str], int]:
     return parse
 
 
+def _choice_int(*options: int) -> Callable[[Any, str], int]:
+    def parse(v: Any, key: str) -> int:
+        if isinstance(v, bool) or not isinstance(v, int) or v not in options:
+            raise _Problem(f"{_show(v)} is not one of {', '.join(map(str, options))}")
+        return v
+
+    return parse
+
+
 def _even_size(v: Any, key: str) -> int:
     n = _number(16, 4096, integer=True, unit=" pixels")(v, key)
     if n % 2:
@@ -658,6 +680,11 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "source.camera_model": _text,
     "source.camera_port": _text,
     "source.loop": _bool,
+    "source.audio.device": _text,
+    "source.audio.sample_rate": _choice_int(8000, 16000, 22050, 24000, 32000, 44100, 48000),
+    "source.audio.channels": _choice_int(1, 2),
+    "source.audio.bitrate": _bitrate(16_000, 320_000),
+    "source.audio.codec": _choice("aac"),
     "buffer.path": _text,
     "buffer.max_bytes": _size(16 * MiB),
     "buffer.sync_seconds": _number(0.1, 60, unit=" seconds"),
@@ -685,7 +712,7 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "health.stall_seconds": _number(1, 300, unit=" seconds"),
     "log.level": _choice("debug", "info", "warning", "error"),
 }
-assert set(_PARSERS) == set(ALL_KEYS) - {"aws.iot"}, set(ALL_KEYS) ^ set(_PARSERS)
+assert set(_PARSERS) == set(ALL_KEYS) - {"aws.iot", "source.audio"}, set(ALL_KEYS) ^ set(_PARSERS)
 
 # Keys that hold a file or folder: a relative path is taken relative to the configuration file's folder.
 _PATH_KEYS = {"aws.ca_bundle", "aws.iot.cert_file", "aws.iot.key_file", "aws.iot.ca_file", "buffer.path",
@@ -843,6 +870,11 @@ def parse_config(data: Any, source_name: str, base_dir: str | None = None) -> Co
     iot_given = "iot" in aws_raw and aws_raw["iot"] is not None
     if iot_given:
         values["aws"]["iot"] = _parse_section(aws_raw["iot"], "aws.iot", IotConfig, err)
+    source_raw = data.get("source") if isinstance(data.get("source"), dict) else {}
+    audio_given = "audio" in source_raw and source_raw["audio"] is not None
+    if audio_given:
+        values["source"]["audio"] = AudioConfig(**_parse_section(source_raw["audio"], "source.audio", AudioConfig,
+                                                                  err))
 
     cameras = _parse_cameras(data.get(CAMERAS), values, err) if CAMERAS in data else None
     metadata = _parse_metadata(data.get("metadata"), err)
@@ -960,6 +992,10 @@ def _parse_cameras(raw: Any, values: dict[str, dict[str, Any]], err: _Errors) ->
                                          "KVS takes one PutMedia connection per stream: give each camera its own")
             streams[sname] = i
         cam["source"] = _parse_section(entry.get("source"), f"{at}.source", SourceConfig, err, kind="source")
+        src_raw = entry.get("source")
+        if isinstance(src_raw, dict) and src_raw.get("audio") is not None:  # a camera's own microphone
+            cam["source"]["audio"] = AudioConfig(**_parse_section(src_raw["audio"], f"{at}.source.audio", AudioConfig,
+                                                                  err, kind="source.audio"))
         _check_source(cam["source"], f"{at}.source", err)
         cam["upload"] = values["upload"] | _parse_section(entry.get("upload"), f"{at}.upload", UploadConfig, err,
                                                           kind="upload")
@@ -997,7 +1033,7 @@ def _parse_section(raw: Any, section: str, cls: type, err: _Errors, kind: str | 
     for key, value in raw.items():
         k = str(key)
         path = f"{section}.{k}"
-        if k not in fields or (section == "aws" and k == "iot"):
+        if k not in fields or (kind, k) in (("aws", "iot"), ("source", "audio")):
             if k not in fields:
                 err(path, _unknown_key(k, kind).replace(f"did you mean {kind}.", f"did you mean {section}."))
             continue
@@ -1127,6 +1163,10 @@ def _check_source(source: dict[str, Any], at: str, err: _Errors) -> None:
     for key in ("camera_model", "camera_port"):
         if source.get(key) is not None and stype != "picamera":
             err(f"{at}.{key}", f"only applies to {at}.type picamera (it is {stype})")
+    audio = source.get("audio")
+    if audio is not None and stype in ("file", "rtsp", "testpattern") and audio.device != "auto" \
+            and not err.about(f"{at}.audio.device"):
+        err(f"{at}.audio.device", f"{_show(audio.device)}: {at}.type {stype} brings its own sound; set it to auto")
 
 
 def _events_checks(v: dict[str, dict[str, Any]], err: _Errors) -> None:

@@ -23,8 +23,9 @@ from kvs_edge.config import HealthConfig
 from kvs_edge.errors import KvsEdgeError
 from kvs_edge.event_queue import EventQueue, FragmentStarted
 from kvs_edge.kvs.uploader import FragmentPersisted, FragmentSkipped
-from kvs_edge.media.fragmenter import Fragmenter
-from kvs_edge.media.frame import Frame
+from kvs_edge.media.av_muxer import AvMuxer
+from kvs_edge.media.fragmenter import AudioTrack
+from kvs_edge.media.frame import AudioFrame, Frame
 from kvs_edge.recorder import Recorder
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ class Counters:
     last_persisted_mono: float | None = None
     latencies: deque = field(default_factory=lambda: deque(maxlen=2048))  # capture -> PERSISTED, seconds
     events_applied: int = 0  # events from the muxer and uploader threads the supervisor has taken
+    audio_frames_in: int = 0
+    audio_frames_dropped: int = 0  # the queue was full (audio is never worth blocking the source for)
 
 
 class Pipeline:
@@ -66,11 +69,19 @@ class Pipeline:
 
     def __init__(self, *, source, frag_log, uploader=None, fragment_seconds: float, queue_frames: int = 240,
                  stall_seconds: float = HealthConfig.stall_seconds, clock: Callable[[], float] = time.monotonic,
-                 tags=None) -> None:
+                 tags=None, audio: bool = False, audio_source=None) -> None:
         self.source = source
         self.fragment_log = frag_log
         self.uploader = uploader
-        self.fragmenter = Fragmenter(target_ms=int(fragment_seconds * 1000))
+        # audio: AAC frames go into track 2 of the same fragments (media/av_muxer.py), from the video source itself
+        # (file, test pattern: audio=True) or from a capture beside it (audio_source: sources/alsa.AlsaAudio)
+        self.audio_source = audio_source if audio_source is not None else (
+            source if audio and hasattr(source, "on_audio") else None)
+        self.audio = self.audio_source is not None
+        self.muxer = AvMuxer(int(fragment_seconds * 1000), self._audio_track, audio=self.audio)
+        self.fragmenter = self.muxer.fragmenter
+        if self.audio:
+            self.audio_source.on_audio = self.emit_audio
         self.stall_seconds = stall_seconds
         self.clock = clock
         self.counters = Counters()
@@ -104,6 +115,23 @@ class Pipeline:
             self._dropping = True
             c.frames_dropped += 1
 
+    def emit_audio(self, frame: AudioFrame) -> None:
+        self.counters.audio_frames_in += 1
+        try:
+            self._queue.put_nowait(frame)
+        except queue.Full:
+            self.counters.audio_frames_dropped += 1
+
+    def _audio_track(self) -> AudioTrack | None:
+        a = getattr(self.audio_source, "audio", None) if self.audio else None
+        return AudioTrack(a.asc, a.sample_rate, a.channels) if a is not None and a.asc else None
+
+    def audio_state(self) -> str:
+        """"off" (not configured), "ok" (the current session carries audio) or "missing" (video only for now)."""
+        if not self.audio:
+            return "off"
+        return "ok" if self.muxer.audio_active else "missing"
+
     # -- lifecycle ---------------------------------------------------------------------------------------------
     def start(self) -> None:
         self.started_mono = self.clock()
@@ -111,6 +139,8 @@ class Pipeline:
         if self.uploader is not None:
             self._spawn("uploader", self._upload_loop)
         self.source.start(self.emit)
+        if self.audio and self.audio_source is not self.source:
+            self.audio_source.start()
 
     def _spawn(self, name: str, target) -> None:
         t = threading.Thread(target=target, name=f"kvs-edge-{name}", daemon=True)
@@ -120,6 +150,8 @@ class Pipeline:
     def stop_capture(self, timeout: float = 3.0) -> None:
         """Stop the source and let the muxer write what is queued and close the current fragment (bounded)."""
         self.capture_stopped = True
+        if self.audio and self.audio_source is not self.source:
+            self.audio_source.stop(timeout=max(0.5, timeout / 4))
         try:
             self.source.stop(timeout=max(0.5, timeout / 2))
         except Exception as e:  # a source that fails to stop must not keep us from saving the log
@@ -175,10 +207,13 @@ class Pipeline:
                 item = self._queue.get()
                 if item is _STOP:
                     break
+                if type(item) is AudioFrame:
+                    self._apply(self.muxer.push_audio(item.data, item.timestamp_ns // 1_000_000))
+                    continue
                 if not isinstance(item, Frame):  # a control item put by the Producer (producer.py): tags, flush
                     item.run(self)
                     continue
-                self._apply(self.fragmenter.push(item.data, item.timestamp_ns // 1_000_000, item.key))
+                self._apply(self.muxer.push_video(item.data, item.timestamp_ns // 1_000_000, item.key))
                 self.counters.frames_muxed += 1
             self.close_fragment()
         except BaseException as e:  # noticed by check(): the process exits non-zero
@@ -188,7 +223,7 @@ class Pipeline:
     def close_fragment(self) -> None:
         """The muxer thread: end the fragment being written (the next frame that is written starts a new session at a
         key frame)."""
-        self._apply(self.fragmenter.close())
+        self._apply(self.muxer.close())
 
     def _apply(self, events) -> None:
         started, notices = self.recorder.apply(events)

@@ -31,6 +31,7 @@ from kvs_edge.media.access_unit import FrameError, check_access_unit, frame_time
 from kvs_edge.media.fragment_tags import FragmentTags, TagError
 from kvs_edge.media.frame import Frame
 from kvs_edge.pipeline import Pipeline
+from kvs_edge.sources import audio_beside
 from kvs_edge.stream_link import StreamLink
 
 log = logging.getLogger(__name__)
@@ -193,11 +194,11 @@ class Producer:
         closes it)."""
         self = cls.__new__(cls)
         self._build(cfg, credentials=credentials, timebase=timebase, fragment_log=fragment_log, source=source,
-                    on_event=None, control=control)
+                    on_event=None, control=control, audio=True)
         return self
 
     def _build(self, cfg: Config, *, credentials, timebase, fragment_log, source, on_event,
-               control: ControlPlane | None = None) -> None:
+               control: ControlPlane | None = None, audio: bool = False) -> None:
         self.cfg = cfg
         self.credentials = credentials
         self.timebase = timebase
@@ -206,7 +207,10 @@ class Producer:
                                                ca_bundle=cfg.aws.ca_bundle)
         self.pipeline = Pipeline(source=source, frag_log=fragment_log, fragment_seconds=cfg.stream.fragment_seconds,
                                  stall_seconds=cfg.health.stall_seconds,
-                                 tags=FragmentTags(dict(cfg.metadata.tags)))
+                                 tags=FragmentTags(dict(cfg.metadata.tags)),
+                                 # source.audio (issue 14): the camera source's own sound, or a microphone beside it
+                                 **({"audio": cfg.source.audio is not None, "audio_source": audio_beside(cfg.source)}
+                                    if audio else {}))
         self.link = StreamLink(self, self.pipeline.events)
         self.pipeline.uploader = self.link
         self._on_event = on_event

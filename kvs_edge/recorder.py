@@ -25,7 +25,8 @@ class Recorder:
         self.open_seq: int | None = None  # the fragment being written
         self.last_seq: int | None = None  # the fragment started last
         self.fragments = 0
-        self.frames = 0
+        self.frames = 0  # video frames
+        self.audio_frames = 0
 
     def apply(self, events) -> tuple[list[tuple[int, int]], list[Notice]]:
         """Write the events; returns ((seq, first timecode ms) of the fragments started, notices)."""
@@ -34,7 +35,10 @@ class Recorder:
         for ev in events:
             if isinstance(ev, FrameWritten):
                 self.fragment_log.append(ev.data, ev.timecode_ms)
-                self.frames += 1
+                if ev.track == 1:
+                    self.frames += 1
+                else:
+                    self.audio_frames += 1
             elif isinstance(ev, FragmentStart):
                 self.open_seq = self.fragment_log.start_fragment(self.header_id, ev.timecode_ms,
                                                                  self.tags.take() + ev.data)

@@ -59,6 +59,10 @@ def build_status(app, *, started_at: float, state_override: str | None = None) -
         "stream": app.cfg.stream.name,
         "state": state,
         "camera": {"state": camera, "frames": c.frames_in, "last_frame_age_s": None if age is None else round(age, 3)},
+        # off (no source.audio) | ok (fragments carry track 2) | missing (video only until the audio is back)
+        "audio": {"state": p.audio_state(), "frames": c.audio_frames_in,
+                  "written": p.fragmenter.stats.audio_written,
+                  "dropped": c.audio_frames_dropped + p.fragmenter.stats.audio_dropped},
         "connection": {"state": link.state, "since": link.since},
         "backlog": {"fragments": st.fragments, "bytes": st.bytes, "seconds": round(st.backlog_ms / 1000.0, 3)},
         "last_persisted_age_s": None if c.last_persisted_mono is None else round(now_mono - c.last_persisted_mono, 3),
@@ -269,6 +273,11 @@ class Supervisor:
         cam = status["camera"]["state"]
         if changed("camera", cam) and cam != "starting":
             log.info("camera %s", "delivering frames" if cam == "ok" else cam)
+        audio = (status.get("audio") or {}).get("state", "off")
+        if changed("audio", audio) and audio != "off" and (audio == "missing" or "audio_was" in self._last):
+            log.warning("audio missing: sending video only until it is back") if audio == "missing" else \
+                log.info("audio back: fragments carry the sound again")
+            self._last["audio_was"] = audio
         conn = status["connection"]["state"]
         if changed("connection", conn):
             if conn == "connected":

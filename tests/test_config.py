@@ -68,7 +68,7 @@ BROKEN = [
      ["{f}: aws.secret_acces_key: unknown key, did you mean aws.secret_access_key?"]),
     (OK_HEAD + "source:\n  colour: red\n",
      ["{f}: source.colour: unknown key (valid keys here: type, uri, width, height, fps, bitrate, profile, hflip, "
-      "vflip, rotation, tuning_file, camera_index, camera_model, camera_port, loop)"]),
+      "vflip, rotation, tuning_file, camera_index, camera_model, camera_port, loop, audio)"]),
     ("straem:\n  name: cam\n", ["{f}: straem: unknown section, did you mean stream?"]),
     (OK_HEAD + "fps: 30\n", ["{f}: fps: unknown section, did you mean source.fps? (settings go under their section)"]),
     # a missing stream name
@@ -531,7 +531,7 @@ def uncomment_settings(text: str) -> str:
     out = []
     for line in text.splitlines():
         m = re.match(r"^(\s+)# (\w+):(.*)$", line)
-        out.append(m.group(1) + m.group(2) + ":" + m.group(3) if m and m.group(2) != "iot" else line)
+        out.append(m.group(1) + m.group(2) + ":" + m.group(3) if m and m.group(2) not in ("iot", "audio") else line)
     return "\n".join(out) + "\n"
 
 
@@ -540,10 +540,10 @@ def test_example_documents_every_key_with_its_default(tmp_path):
     live = uncomment_settings(text)
     data = yaml.safe_load(live)
     documented = {f"{s}.{k}" for s, keys in data.items() for k in (keys or {})}
-    iot_keys = {k for k in ALL_KEYS if k.startswith("aws.iot.")}
-    assert documented == set(ALL_KEYS) - iot_keys - {"aws.iot"}
-    assert re.search(r"^  # iot:", text, re.M)
-    for key in iot_keys:  # the iot block is shown commented out, as one unit
+    iot_keys = {k for k in ALL_KEYS if k.startswith(("aws.iot.", "source.audio."))}
+    assert documented == set(ALL_KEYS) - iot_keys - {"aws.iot", "source.audio"}
+    assert re.search(r"^  # iot:", text, re.M) and re.search(r"^  # audio:", text, re.M)
+    for key in iot_keys:  # the iot and audio blocks are shown commented out, each as one unit
         assert re.search(rf"^\s*#\s+{key.rsplit('.', 1)[1]}: \S", text, re.M), key
     cfg = load_config(write(tmp_path, live))
     defaults = Config(stream=cfg.stream)
@@ -635,3 +635,22 @@ def test_cli_missing_file_exit_2(tmp_path):
     assert (r.returncode, r.stdout) == (2, "")
     assert r.stderr == (f"{tmp_path}/none.yaml: no such file; copy the example (config/kvs-edge.yaml) there and "
                         "edit it\n")
+
+
+def test_source_audio_block(tmp_path):
+    from kvs_edge.config import AudioConfig
+
+    base = "stream:\n  name: cam\nsource:\n  type: testpattern\n"
+    cfg = load_config(write(tmp_path, base + "  audio:\n    sample_rate: 44100\n    channels: 2\n    bitrate: 96k\n"))
+    assert cfg.source.audio == AudioConfig(device="auto", sample_rate=44100, channels=2, bitrate=96_000, codec="aac")
+    assert load_config(write(tmp_path, base)).source.audio is None
+    assert load_config(write(tmp_path, base + "  audio:\n")).source.audio is None  # an empty block: no audio
+    f = write(tmp_path, base + "  audio:\n    device: hw:1,0\n    channels: 6\n    codec: opus\n    rate: 1\n")
+    assert messages_of(f) == [
+        f"{f}: source.audio.channels: 6 is not one of 1, 2",
+        f"{f}: source.audio.codec: 'opus' is not one of aac",
+        f"{f}: source.audio.rate: unknown key, did you mean source.audio.bitrate?",
+        f"{f}: source.audio.device: 'hw:1,0': source.type testpattern brings its own sound; set it to auto",
+    ]
+    cam = "stream:\n  name: cam\nsource:\n  audio:\n    device: plughw:CARD=Device\n"
+    assert load_config(write(tmp_path, cam)).source.audio.device == "plughw:CARD=Device"

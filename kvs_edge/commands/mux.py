@@ -1,5 +1,6 @@
-"""`kvs-edge mux INPUT -o OUTPUT [--fps N] [--start-ms EPOCH_MS]`: an Annex B H.264 file -> the MKV session(s) the
-uploader would send, each closed with an end-of-fragment tag.
+"""`kvs-edge mux INPUT -o OUTPUT [--fps N] [--start-ms EPOCH_MS] [--audio AUDIO]`: an Annex B H.264 file -> the MKV
+session(s) the uploader would send, each closed with an end-of-fragment tag. With --audio, a sound file (any container
+FFmpeg reads: .aac/ADTS, .m4a, .wav, .mp3 ...) becomes track 2, AAC (sources/aac_input.py), starting with the video.
 
 PyAV's raw H.264 demuxer (libavcodec's parser) splits the file into access units; frame i is stamped
 `start + floor(i * 1000 / fps)` ms, as the official SDK stamps a file. Fragments are cut at every key frame at least
@@ -20,7 +21,8 @@ from typing import BinaryIO, Iterator
 
 from kvs_edge.errors import EXIT_OK, EXIT_USAGE, UsageError
 from kvs_edge.media import h264, mkv
-from kvs_edge.media.fragmenter import Fragmenter, FragmentStart, FrameWritten, Notice, SessionStart
+from kvs_edge.media.av_muxer import AvMuxer
+from kvs_edge.media.fragmenter import AudioTrack, FragmentStart, FrameWritten, Notice, SessionStart
 
 MUX_FRAGMENT_MS = 1000
 
@@ -36,6 +38,7 @@ class MuxResult:
     sessions: int = 0
     fragments: int = 0
     bytes_written: int = 0
+    audio_frames: int = 0
     warnings: list[str] = field(default_factory=list)
 
 
@@ -106,9 +109,49 @@ def check_tail_decodes(gop: list[bytes], sps: list[bytes], pps: list[bytes], pat
         av.logging.set_level(prev)
 
 
+def read_audio(path: str, start_ms: int):
+    """(the AAC input, an iterator of (raw AAC frame, timestamp ms)) of a sound file, timed from start_ms."""
+    import av
+
+    from kvs_edge.sources.aac_input import AacFromStream, AudioUnusable
+
+    try:
+        container = av.open(path)
+    except (OSError, av.error.FFmpegError) as e:
+        raise UnusableInput(f"--audio {path}: cannot read it: {getattr(e, 'strerror', None) or e}") from None
+    if not container.streams.audio:
+        container.close()
+        raise UnusableInput(f"--audio {path}: has no audio stream")
+    stream = container.streams.audio[0]
+    try:
+        src = AacFromStream(stream, what=f"--audio {path}")
+    except Exception as e:
+        container.close()
+        raise UnusableInput(f"--audio {path}: its {stream.codec_context.name} audio cannot be used ({e})") from None
+
+    def frames():
+        with container:
+            try:
+                for pkt in container.demux(stream):
+                    if not pkt.size:
+                        continue
+                    media = None if pkt.pts is None else int(Fraction(pkt.pts) * Fraction(stream.time_base) * 10**9)
+                    for data, ns in src.feed(pkt, media):
+                        yield data, start_ms + ns // 1_000_000
+                for data, ns in src.flush():
+                    yield data, start_ms + ns // 1_000_000
+            except AudioUnusable as e:
+                raise UnusableInput(str(e)) from None
+            except av.error.FFmpegError as e:
+                raise UnusableInput(f"--audio {path}: read error ({e})") from None
+
+    return src, frames()
+
+
 def mux_file(input_path: str, out: BinaryIO, fps: float | Fraction, start_ms: int,
-             target_ms: int = MUX_FRAGMENT_MS) -> MuxResult:
-    """Mux a raw H.264 file into `out`. Raises UnusableInput for input that cannot become a valid KVS stream."""
+             target_ms: int = MUX_FRAGMENT_MS, audio_path: str | None = None) -> MuxResult:
+    """Mux a raw H.264 file (and a sound file) into `out`. Raises UnusableInput for input that cannot become a valid
+    KVS stream."""
     rate = parse_fps(fps)
     if start_ms < 0:
         raise UnusableInput(f"--start-ms {start_ms}: must not be negative")
@@ -117,7 +160,12 @@ def mux_file(input_path: str, out: BinaryIO, fps: float | Fraction, start_ms: in
             raise UnusableInput(f"{input_path}: the file is empty")
     except OSError as e:
         raise UnusableInput(f"{input_path}: cannot read it: {e.strerror}") from None
-    frag = Fragmenter(target_ms=target_ms)
+    audio_src, audio_frames = read_audio(audio_path, start_ms) if audio_path else (None, iter(()))
+    audio_next = next(audio_frames, None)
+    muxer = AvMuxer(target_ms, lambda: AudioTrack(audio_src.asc, audio_src.sample_rate, audio_src.channels)
+                    if audio_src is not None and audio_src.asc else None, audio=audio_src is not None,
+                    max_wait_ms=2000)
+    frag = muxer.fragmenter
     res = MuxResult()
     in_session = False
     last_sps: list[bytes] = []
@@ -163,11 +211,19 @@ def mux_file(input_path: str, out: BinaryIO, fps: float | Fraction, start_ms: in
             pps = [n for n in nals if h264.nal_type(n) == h264.NAL_PPS]
             last_sps, last_pps = sps or last_sps, pps or last_pps
         gop.append(au)
-        handle(frag.push(au, frame_timestamp_ms(start_ms, index, rate), key))
-    handle(frag.close())
+        ts = frame_timestamp_ms(start_ms, index, rate)
+        while audio_next is not None and audio_next[1] <= ts:
+            handle(muxer.push_audio(*audio_next))
+            audio_next = next(audio_frames, None)
+        handle(muxer.push_video(au, ts, key))
+    while audio_next is not None:  # the sound that outlasts the last picture stays in the last fragment
+        handle(muxer.push_audio(*audio_next))
+        audio_next = next(audio_frames, None)
+    handle(muxer.close())
     st = frag.stats
     res.frames_in, res.frames_written = st.frames_in, st.frames_written
     res.sessions, res.fragments = st.sessions, st.fragments
+    res.audio_frames = st.audio_written
     if st.frames_written == 0:
         if st.frames_in == 0:
             raise UnusableInput(f"{input_path}: no H.264 frames found")
@@ -192,7 +248,7 @@ def main(args) -> int:
         return EXIT_USAGE
     try:
         with os.fdopen(fd, "wb") as f:
-            res = mux_file(args.input, f, args.fps, start_ms)
+            res = mux_file(args.input, f, args.fps, start_ms, audio_path=getattr(args, "audio", None))
         os.replace(tmp, output)
     except UnusableInput as e:
         _unlink(tmp)
@@ -207,7 +263,8 @@ def main(args) -> int:
         raise
     for w in res.warnings:
         print(f"kvs-edge mux: note: {w}", file=sys.stderr)
-    print(f"{output}: {res.frames_written} frames in {res.fragments} fragments, {res.sessions} session(s), "
+    audio = f" and {res.audio_frames} audio frames" if res.audio_frames else ""
+    print(f"{output}: {res.frames_written} frames{audio} in {res.fragments} fragments, {res.sessions} session(s), "
           f"{res.bytes_written} bytes")
     return EXIT_OK
 

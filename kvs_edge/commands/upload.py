@@ -46,33 +46,49 @@ def settings(args, environ=os.environ):
 
 
 def mux_file_into_log(path: str, fps: float | None, frag_log, fragment_seconds: float) -> dict:
-    """Read the file with the file source (unpaced: the file's own timestamps) and write its fragments to the log."""
+    """Read the file with the file source (unpaced: the file's own timestamps) and write its fragments to the log.
+
+    The file's audio track, if any, goes along as track 2 (AAC passed through, ADTS stripped, or transcoded); audio
+    that cannot be used is one notice and the video goes alone."""
     from kvs_edge.config import SourceConfig
-    from kvs_edge.media.fragmenter import Fragmenter
+    from kvs_edge.media.av_muxer import AvMuxer
+    from kvs_edge.media.fragmenter import AudioTrack
     from kvs_edge.recorder import Recorder
     from kvs_edge.sources.av import FileSource
 
     # this command reports a failed source itself, in one line: the source's own journal line would repeat it
     logging.getLogger("kvs_edge.sources").setLevel(logging.CRITICAL)
-    source = FileSource(SourceConfig(type="file", uri=path, fps=fps or SourceConfig.fps), paced=False)
-    fragmenter = Fragmenter(target_ms=int(fragment_seconds * 1000))
     recorder = Recorder(frag_log)
     notices: list[str] = []
 
     def apply(events):
         notices.extend(n.message for n in recorder.apply(events)[1])
 
-    def emit(frame):
-        apply(fragmenter.push(frame.data, frame.timestamp_ns // 1_000_000, frame.key))
+    def audio_track():
+        a = source.audio
+        return AudioTrack(a.asc, a.sample_rate, a.channels) if a is not None and a.asc else None
 
+    muxer = AvMuxer(int(fragment_seconds * 1000), audio_track)
+
+    def emit(frame):
+        apply(muxer.push_video(frame.data, frame.timestamp_ns // 1_000_000, frame.key))
+
+    def on_audio(frame):
+        apply(muxer.push_audio(frame.data, frame.timestamp_ns // 1_000_000))
+
+    source = FileSource(SourceConfig(type="file", uri=path, fps=fps or SourceConfig.fps), paced=False,
+                        on_audio=on_audio)
     source.start(emit)
     while not (source.finished or source.error):
         time.sleep(0.05)
     source.stop()
     if source.error:
         raise UsageError(str(source.error))
-    apply(fragmenter.close())
-    return {"fragments": recorder.fragments, "frames": recorder.frames, "notices": notices}
+    apply(muxer.close())
+    if source.audio_error:
+        notices.append(source.audio_error + "; sending video only")
+    return {"fragments": recorder.fragments, "frames": recorder.frames, "audio_frames": recorder.audio_frames,
+            "notices": notices}
 
 
 def main(args) -> int:
@@ -161,6 +177,7 @@ def main(args) -> int:
     if progress["skipped"]:
         print(f"kvs-edge upload: {progress['skipped']} of {total} fragments were rejected by KVS", file=sys.stderr)
         return EXIT_FAILURE
-    print(f"{args.input}: {state['frames']} frames in {total} fragments {'PERSISTED' if keeps else 'RECEIVED'} "
+    audio = f" and {state['audio_frames']} audio frames" if state["audio_frames"] else ""
+    print(f"{args.input}: {state['frames']} frames{audio} in {total} fragments {'PERSISTED' if keeps else 'RECEIVED'} "
           f"in stream {stream}")
     return EXIT_OK

@@ -3,7 +3,7 @@
 `push(access_unit, timestamp_ms, key)` returns events in order:
   SessionStart  a new MKV session header (first frame, or SPS/PPS changed, or a timestamp went backwards)
   FragmentStart a new cluster (its head bytes; Timecode = the key frame's timestamp)
-  FrameWritten  one SimpleBlock (AVCC payload, timecode relative to the cluster)
+  FrameWritten  one SimpleBlock (AVCC payload, timecode relative to the cluster; track 2 for an audio frame)
   FragmentEnd   the current cluster is complete (always before the next FragmentStart / SessionStart)
   Notice        something a person should know (dropped frames, forced cuts, B-frames, timestamp trouble)
 
@@ -16,6 +16,13 @@ Rules (docs/kvs-putmedia.md sections 3 and 4):
   - a timestamp that does not increase ends the session: frames are dropped up to the next key frame, which starts a
     new session (KVS rejects a fragment earlier than the previous one with error 4004);
   - B slices are never written (KVS needs decode order = presentation order): dropped, counted, reported.
+
+Audio (optional, `audio=AudioTrack(...)`): the session header declares track 2 (A_AAC, the AudioSpecificConfig as
+CodecPrivate) and `push_audio(aac_frame, timestamp_ms)` writes one raw AAC frame into the open fragment. The caller
+pushes video and audio in timestamp order (media/interleave.py), so blocks are interleaved in timestamp order within
+each cluster; audio never opens a fragment (every cluster starts with a video key frame): audio before the first key
+frame, while frames are dropped up to a key frame, earlier than the open cluster or going backwards is dropped and
+counted.
 """
 
 from __future__ import annotations
@@ -45,6 +52,16 @@ class FrameWritten:
     timecode_ms: int  # absolute
     key: bool
     data: bytes  # SimpleBlock
+    track: int = 1  # mkv.AUDIO_TRACK for an audio frame
+
+
+@dataclass(frozen=True, slots=True)
+class AudioTrack:
+    """The audio track a session declares: AAC with its 2- or 5-byte AudioSpecificConfig."""
+
+    asc: bytes
+    sample_rate: int
+    channels: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +75,7 @@ class FragmentEnd:
 @dataclass(frozen=True, slots=True)
 class Notice:
     kind: str  # "dropped_before_key" | "forced_cut" | "timestamp" | "b_frames" | "malformed" | "parameters_changed"
+    #            | "audio_changed"
     message: str
 
 
@@ -77,6 +95,9 @@ class FragmenterStats:
     dropped_malformed: int = 0
     timestamp_resets: int = 0  # non-increasing timestamps seen (each ends the session)
     parameter_changes: int = 0  # SPS/PPS changes (each starts a new session)
+    audio_in: int = 0
+    audio_written: int = 0
+    audio_dropped: int = 0  # no open fragment (before the first key frame, after a cut), earlier than it, backwards
 
     @property
     def dropped(self) -> int:
@@ -93,7 +114,7 @@ B_FRAMES_MESSAGE = ("the stream has B-frames, which Kinesis Video Streams reject
 
 
 class Fragmenter:
-    def __init__(self, target_ms: int, max_ms: int = 20000):
+    def __init__(self, target_ms: int, max_ms: int = 20000, audio: AudioTrack | None = None):
         if not 0 <= target_ms <= max_ms:
             raise ValueError(f"target_ms {target_ms} must be between 0 and max_ms {max_ms}")
         if not 0 < max_ms <= mkv.INT16_MAX:
@@ -101,6 +122,11 @@ class Fragmenter:
         self.target_ms = target_ms
         self.max_ms = max_ms
         self.stats = FragmenterStats()
+        self.audio = audio
+        # the TrackEntry is built (and the ASC checked: ValueError) once, here
+        self._audio_entry = mkv.audio_track_entry(audio.asc, audio.sample_rate, audio.channels) if audio else None
+        self._last_audio_ms: int | None = None
+        self._audio_changed = False  # set_audio() was called: the next key frame starts a session with the new tracks
         self._sps: list[bytes] = []  # parameter sets of the current session
         self._pps: list[bytes] = []
         self._pending_sps: list[bytes] = []  # parameter sets seen in an access unit without a picture
@@ -199,6 +225,12 @@ class Fragmenter:
                 self._in_session = False
                 ev.append(Notice("parameters_changed", f"SPS/PPS changed at {timestamp_ms} ms: starting a new "
                                                        f"session with new codec private data"))
+            elif self._in_session and self._audio_changed:
+                ev.extend(self._end_fragment(forced=False))
+                self._in_session = False
+                what = f"{self.audio.sample_rate} Hz x {self.audio.channels}" if self.audio else "none (video only)"
+                ev.append(Notice("audio_changed", f"audio track {what} from {timestamp_ms} ms: starting a new "
+                                                  f"session"))
             if not self._in_session:
                 try:
                     ev.append(self._start_session(new_sps, new_pps))
@@ -247,6 +279,41 @@ class Fragmenter:
         ev.append(FrameWritten(timestamp_ms, key, block))
         return ev
 
+    def set_audio(self, audio: AudioTrack | None) -> None:
+        """Declare another audio track (or none: video only) from the next key frame on, which starts a new session.
+
+        KVS refuses a fragment in which a track of the header has no frame (error 4011, docs/kvs-putmedia.md): a
+        microphone that went away must leave the header, and is declared again when it is back.
+        """
+        if audio == self.audio:
+            return
+        self._audio_entry = mkv.audio_track_entry(audio.asc, audio.sample_rate, audio.channels) if audio else None
+        self.audio = audio
+        self._audio_changed = self._in_session
+
+    @property
+    def audio_in_session(self) -> bool:
+        """True when the current session's header declares the audio track (push_audio writes)."""
+        return self._in_session and self.audio is not None and not self._audio_changed
+
+    def push_audio(self, data: bytes, timestamp_ms: int) -> list[Event]:
+        """One raw AAC frame (no ADTS header) with its timestamp in ms: [FrameWritten] or [] when dropped."""
+        st = self.stats
+        st.audio_in += 1
+        if self._audio_entry is None or self._audio_changed:  # no audio track declared (yet) in this session
+            st.audio_dropped += 1
+            return []
+        first = self._frag_first
+        if (first is None or self._need_key or not self._in_session or timestamp_ms < first
+                or timestamp_ms - first > mkv.INT16_MAX or not data
+                or (self._last_audio_ms is not None and timestamp_ms < self._last_audio_ms)):
+            st.audio_dropped += 1
+            return []
+        self._last_audio_ms = timestamp_ms
+        st.audio_written += 1
+        return [FrameWritten(timestamp_ms, True, mkv.simple_block(timestamp_ms - first, True, bytes(data),
+                                                                   mkv.AUDIO_TRACK), mkv.AUDIO_TRACK)]
+
     def close(self) -> list[Event]:
         """End the open fragment. The next push starts a new session."""
         ev = self._end_fragment(forced=False)
@@ -261,10 +328,12 @@ class Fragmenter:
     def _start_session(self, sps: list[bytes], pps: list[bytes]) -> SessionStart:
         info = h264.parse_sps(sps[0])
         cp = h264.build_avcc(sps, pps)
-        header = mkv.session_header(width=info.width, height=info.height, codec_private=cp)
+        header = mkv.session_header(width=info.width, height=info.height, codec_private=cp, audio=self._audio_entry)
         self._sps, self._pps = sps, pps
         self._in_session = True
         self._last_ms = None
+        self._last_audio_ms = None
+        self._audio_changed = False
         self.stats.sessions += 1
         return SessionStart(header, info.width, info.height, cp)
 

@@ -18,3 +18,12 @@ class Frame:
     data: bytes
     timestamp_ns: int
     key: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFrame:
+    """One raw AAC access unit (no ADTS header) and the capture time of its first sample (CLOCK_MONOTONIC ns, the
+    clock video frames are stamped on)."""
+
+    data: bytes
+    timestamp_ns: int

@@ -7,6 +7,7 @@ clusters. Segment and Cluster have unknown size, so the stream is written forwar
 from __future__ import annotations
 
 import os
+import struct
 
 from kvs_edge import __version__
 from kvs_edge.media.ebml import encode_element as element  # the EBML primitives live once, in ebml
@@ -17,13 +18,16 @@ from kvs_edge.media.matroska_ids import (  # noqa: F401
     EBML, EBML_VERSION, EBML_READ_VERSION, EBML_MAX_ID_LENGTH, EBML_MAX_SIZE_LENGTH, DOC_TYPE, DOC_TYPE_VERSION,
     DOC_TYPE_READ_VERSION, SEGMENT, INFO, SEGMENT_UID, TIMECODE_SCALE, TITLE, MUXING_APP, WRITING_APP, TRACKS,
     TRACK_ENTRY, TRACK_NUMBER, TRACK_UID, TRACK_TYPE, NAME, CODEC_ID, CODEC_PRIVATE, VIDEO, PIXEL_WIDTH,
-    PIXEL_HEIGHT, CLUSTER, TIMECODE, POSITION, SIMPLE_BLOCK, TAGS, TAG, SIMPLE_TAG, TAG_NAME, TAG_STRING,
+    PIXEL_HEIGHT, AUDIO, SAMPLING_FREQUENCY, CHANNELS, CLUSTER, TIMECODE, POSITION, SIMPLE_BLOCK, TAGS, TAG, SIMPLE_TAG, TAG_NAME, TAG_STRING,
 )
 
 UNKNOWN_SIZE = b"\xff"  # 1-byte vint with all value bits set: size unknown
 CODEC_ID_H264 = "V_MPEG4/ISO/AVC"
 APP_NAME = f"kvs-edge {__version__}"
 TRACK_NAME = "kvs_edge_video"
+CODEC_ID_AAC = "A_AAC"
+AUDIO_TRACK_NAME = "kvs_edge_audio"
+AUDIO_TRACK = 2  # KVS playback: track 1 video, optional track 2 AAC (docs/kvs-service-facts.md)
 END_OF_FRAGMENT = "AWS_KINESISVIDEO_END_OF_FRAGMENT"
 
 MAX_TAGS_PER_FRAGMENT = 10
@@ -68,8 +72,37 @@ def ebml_header() -> bytes:
     )))
 
 
-def session_header(*, width: int, height: int, codec_private: bytes, segment_uid: bytes | None = None) -> bytes:
-    """EBML header + Segment of unknown size + Info + Tracks (one H.264 video track, number 1)."""
+def float_element(element_id: int, value: float) -> bytes:
+    return element(element_id, struct.pack(">d", float(value)))
+
+
+def audio_track_entry(asc: bytes, sample_rate: int, channels: int) -> bytes:
+    """Track 2, A_AAC: CodecPrivate = the AudioSpecificConfig, Audio{SamplingFrequency, Channels}.
+
+    KVS: "AudioSpecificConfig for AAC (2 or 5 bytes; LATM is refused)" (docs/kvs-service-facts.md): checked here so
+    that a config KVS playback would refuse never reaches a stream.
+    """
+    from kvs_edge.media.aac import parse_asc
+
+    cfg = parse_asc(asc)  # AacError (a ValueError) for anything but a 2- or 5-byte ASC
+    if (cfg.sample_rate, cfg.channels) != (sample_rate, channels):
+        raise ValueError(f"AudioSpecificConfig says {cfg.sample_rate} Hz x {cfg.channels}, the track "
+                         f"{sample_rate} Hz x {channels}")
+    return element(TRACK_ENTRY, b"".join((
+        uint_element(TRACK_NUMBER, AUDIO_TRACK),
+        uint_element(TRACK_UID, AUDIO_TRACK),
+        uint_element(TRACK_TYPE, 2),
+        string_element(NAME, AUDIO_TRACK_NAME),
+        string_element(CODEC_ID, CODEC_ID_AAC),
+        element(AUDIO, float_element(SAMPLING_FREQUENCY, sample_rate) + uint_element(CHANNELS, channels)),
+        element(CODEC_PRIVATE, bytes(asc)),
+    )))
+
+
+def session_header(*, width: int, height: int, codec_private: bytes, segment_uid: bytes | None = None,
+                   audio: bytes | None = None) -> bytes:
+    """EBML header + Segment of unknown size + Info + Tracks (one H.264 video track, number 1, and the AAC track 2
+    when `audio` holds its TrackEntry from audio_track_entry())."""
     if segment_uid is None:
         segment_uid = os.urandom(16)
     if len(segment_uid) != 16:
@@ -93,7 +126,7 @@ def session_header(*, width: int, height: int, codec_private: bytes, segment_uid
         element(VIDEO, uint_element(PIXEL_WIDTH, width) + uint_element(PIXEL_HEIGHT, height)),
         element(CODEC_PRIVATE, bytes(codec_private)),
     )))
-    return ebml_header() + encode_id(SEGMENT) + UNKNOWN_SIZE + info + element(TRACKS, track)
+    return ebml_header() + encode_id(SEGMENT) + UNKNOWN_SIZE + info + element(TRACKS, track + (audio or b""))
 
 
 # ---------------------------------------------------------------- clusters and blocks

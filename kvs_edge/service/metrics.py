@@ -39,6 +39,8 @@ class Metrics:
                                      namespace=ns, registry=r)
         self.connected = Gauge("connected", "1 while a PutMedia connection is up", namespace=ns, registry=r)
         self.camera_ok = Gauge("camera_ok", "1 while frames arrive from the camera", namespace=ns, registry=r)
+        self.audio_ok = Gauge("audio_ok", "1 while fragments carry the audio track (source.audio)", namespace=ns,
+                              registry=r)
         self.clock_synced = Gauge("clock_synced", "1 once the system clock is synchronized", namespace=ns, registry=r)
         self.capture_to_persisted = Histogram(
             "capture_to_persisted_seconds", "From the capture of a fragment's last frame to PERSISTED",
@@ -93,6 +95,7 @@ class Metrics:
         self.backlog_seconds.set(backlog.get("seconds") or 0)
         self.connected.set(1 if connection.get("state") == "connected" else 0)
         self.camera_ok.set(1 if camera.get("state") == "ok" else 0)
+        self.audio_ok.set(1 if (status.get("audio") or {}).get("state") == "ok" else 0)
         self.clock_synced.set(1 if status.get("clock_synced") else 0)
         upload = status.get("upload") or {}
         self.retained_seconds.set(upload.get("retained_s") or 0)

@@ -2,6 +2,7 @@
 
 Schema (docs/internals.md, "Status file"), version 1:
   {"version": 1, "pid", "updated_at", "started_at", "stream", "state", "camera": {"state", "frames", "last_frame_age_s"},
+   "audio": {"state": off|ok|missing, "frames", "written", "dropped"},
    "connection": {"state", "since"}, "backlog": {"fragments", "bytes", "seconds"}, "last_persisted_age_s",
    "fragments_persisted", "frames_dropped", "fragments_evicted", "clock_synced", "last_error",
    "latency_s": {"count", "p50", "p99", "max"}}
@@ -195,6 +196,10 @@ def format_human(status: dict[str, Any], now: float, *, process_alive: bool | No
         f"  evicted:       {status.get('fragments_evicted', 0)} fragments (buffer full)",
         f"  clock synced:  {'yes' if status.get('clock_synced') else 'no'}",
     ]
+    audio = _section(status, "audio")
+    if audio.get("state") not in (None, "off"):
+        lines.insert(5, f"  audio:         {audio.get('state')}, {audio.get('frames', 0)} frames, "
+                        f"{audio.get('dropped', 0)} dropped")
     for cam in status.get("cameras") or []:
         if isinstance(cam, dict):
             lines.append(f"  camera {cam.get('name')}: {cam.get('state')}, stream {cam.get('stream')}, "

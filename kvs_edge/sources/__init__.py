@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .base import Source, SourceError, SourceNotInstalled
 
-__all__ = ["Source", "SourceError", "SourceNotInstalled", "open_source", "SOURCE_TYPES"]
+__all__ = ["Source", "SourceError", "SourceNotInstalled", "open_source", "audio_beside", "SOURCE_TYPES"]
 
 SOURCE_TYPES = ("picamera", "testpattern", "file", "rtsp", "v4l2")
 
@@ -34,7 +34,7 @@ def open_source(cfg, *, fragment_seconds: float, paced: bool = True, stall_secon
     if kind == "file":
         from .av import FileSource
 
-        return FileSource(cfg, paced=paced)  # a file keeps its own key frames
+        return FileSource(cfg, paced=paced, audio_bitrate=cfg.audio.bitrate if getattr(cfg, "audio", None) else 64000)
     if kind == "rtsp":
         from .av import rtsp_source
 
@@ -44,3 +44,20 @@ def open_source(cfg, *, fragment_seconds: float, paced: bool = True, stall_secon
 
         return v4l2_source(cfg)
     raise SourceError(f"source.type {kind!r}: unknown; use one of {', '.join(SOURCE_TYPES)}")
+
+
+def audio_beside(cfg):
+    """The microphone capture that runs beside a camera (picamera, v4l2: they deliver no sound of their own) when
+    source.audio is set; None otherwise (no audio, or the file and test pattern sources bring their own)."""
+    audio = getattr(cfg, "audio", None)
+    kind = str(getattr(cfg, "type", "picamera"))
+    if audio is not None and kind == "rtsp":
+        import logging
+
+        logging.getLogger(__name__).warning("source.audio: the rtsp source does not carry audio yet; sending video "
+                                            "only")
+    if audio is None or kind not in ("picamera", "v4l2"):
+        return None
+    from .alsa import AlsaAudio
+
+    return AlsaAudio(audio)

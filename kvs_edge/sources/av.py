@@ -170,8 +170,14 @@ class FileSource(Source):
     """A video file: paced in real time (run) or as fast as it reads (upload); optionally looped."""
 
     def __init__(self, cfg, *, paced: bool = True, clock: Clock | None = None,
-                 loop: bool | None = None) -> None:
+                 loop: bool | None = None, on_audio: Callable | None = None, audio_bitrate: int = 64000) -> None:
         super().__init__()
+        # on_audio(AudioFrame): the file's audio track as raw AAC (sources/aac_input.py), on the video's time line;
+        # `audio` (its AacFromStream) is set once the file is open, `audio_error` when its audio is unusable
+        self.on_audio = on_audio
+        self.audio_bitrate = audio_bitrate
+        self.audio = None
+        self.audio_error: str | None = None
         uri = getattr(cfg, "uri", None)
         if not uri:
             raise SourceError("source.uri is missing: give the path of an .h264, .mp4 or .mkv file")
@@ -218,15 +224,23 @@ class FileSource(Source):
         while not self._stopping.is_set():
             container, stream = self._open()
             conv = AnnexBConverter(stream.codec_context.extradata)
+            astream = self._open_audio(container)
+            early_audio: list = []  # audio packets before the first video one, stamped once its time is known
             first: int | None = None
             last_ns = -frame_ns
             end_ns = 0
             index = 0
             try:
-                for packet in container.demux(stream):
+                for packet in container.demux(*([stream, astream] if astream is not None else [stream])):
                     if self._stopping.is_set():
                         return
                     if packet.size == 0:
+                        continue
+                    if astream is not None and packet.stream is astream:
+                        if first is None and not self.raw:
+                            early_audio.append(packet)
+                        else:
+                            self._audio_packet(packet, first or 0, offset, pacer)
                         continue
                     data, key = conv.convert(bytes(packet))
                     media = None if self.raw else _media_ns(packet, stream.time_base)
@@ -247,6 +261,11 @@ class FileSource(Source):
                     if self._stopping.is_set():
                         return
                     emit(Frame(data, ts, key))
+                    for p in early_audio:
+                        self._audio_packet(p, first or 0, offset, pacer)
+                    early_audio.clear()
+                if self.audio is not None and self.on_audio is not None:
+                    self._deliver_audio(self.audio.flush(), offset, pacer)
             except av.FFmpegError as e:
                 raise SourceError(f"{self.path}: read error after {index} frames "
                                   f"({_av_error_text(e, self.path)}): the file is damaged") from e
@@ -260,6 +279,52 @@ class FileSource(Source):
                 return
             offset += end_ns  # the next pass starts where this one's last frame ended
             log.debug("%s: looping", self.name)
+
+    # -- the audio track (optional) -------------------------------------------------------------------------------
+    def _open_audio(self, container):
+        """The container's first audio stream when audio is wanted and usable; else None (video goes on alone)."""
+        from .aac_input import AacFromStream, AudioUnusable
+
+        if self.on_audio is None or self.raw or not container.streams.audio or self.audio_error:
+            return None
+        astream = container.streams.audio[0]
+        try:
+            self.audio = AacFromStream(astream, bitrate=self.audio_bitrate, what=self.path)
+        except (AudioUnusable, ValueError) as e:
+            self._audio_failed(str(e))
+            return None
+        except Exception as e:  # an audio codec FFmpeg has no decoder for, and the like
+            self._audio_failed(f"{self.path}: its {astream.codec_context.name} audio cannot be used ({e})")
+            return None
+        log.info("%s: audio %s Hz x %s: %s", self.name, self.audio.sample_rate, self.audio.channels,
+                 self.audio.description)
+        return astream
+
+    def _audio_failed(self, message: str) -> None:
+        if self.audio_error is None:
+            self.audio_error = message
+            log.warning("%s; sending video only", message)
+        self.audio = None
+
+    def _audio_packet(self, packet, first_ns: int, offset: int, pacer) -> None:
+        from .aac_input import AudioUnusable
+
+        if self.audio is None:
+            return
+        media = _media_ns(packet, packet.stream.time_base)
+        try:
+            frames = self.audio.feed(packet, None if media is None else media - first_ns)
+        except AudioUnusable as e:
+            self._audio_failed(str(e))
+            return
+        self._deliver_audio(frames, offset, pacer)
+
+    def _deliver_audio(self, frames, offset: int, pacer) -> None:
+        from kvs_edge.media.frame import AudioFrame
+
+        for data, media in frames:
+            ts = pacer.wait(offset + media) if self.paced and media >= 0 else offset + media
+            self.on_audio(AudioFrame(data, ts))
 
 
 # -- live inputs ----------------------------------------------------------------------------------------------------

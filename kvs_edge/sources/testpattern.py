@@ -4,6 +4,10 @@ Used by `kvs-edge demo` and wherever a camera is not at hand. The picture is dra
 numpy (a gradient that slides, a bouncing block, and digits from a 3x5 pixel font, no font files), encoded with PyAV's
 libx264 the way a camera encoder would (ultrafast, zerolatency, no B-frames, SPS/PPS before every IDR, one IDR every
 fps x fragment_seconds frames) and paced on the monotonic clock, so frames arrive at the configured rate.
+
+With source.audio, the picture flashes white once a second and the sound (sources/tone.py: a tone, with a beep starting
+at each flash) is encoded to AAC and delivered to `on_audio`, sample k stamped `t0 + k / rate` on the clock frame i is
+stamped `t0 + i / fps` on: a flash and its beep carry the same timestamp, so sync can be measured downstream.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from fractions import Fraction
 import numpy as np
 
 from kvs_edge.clock import Clock, KernelClock
-from kvs_edge.media.frame import Frame
+from kvs_edge.media.frame import AudioFrame, Frame
 
 from .base import Emit, Pacer, Source, SourceError
 
@@ -91,9 +95,11 @@ class Pattern:
         self._v = np.full((height // 2, width // 2), 128, dtype=np.uint8)
         self.scale, self.x0, self.y0 = text_layout(width, height)
 
-    def render(self, index: int, clock_text: str) -> np.ndarray:
+    def render(self, index: int, clock_text: str, flash: bool = False) -> np.ndarray:
         w, h = self.width, self.height
         y_plane = np.roll(self._base, 4 * index, axis=1)
+        if flash:  # the whole picture white (the text stays readable): what the beep is measured against
+            y_plane[:] = 235
         # a block bouncing left-right in the lower half: motion a viewer notices
         side = max(8, h // 8)
         span = max(1, w - side)
@@ -124,6 +130,13 @@ class TestPatternSource(Source):
     def __init__(self, cfg, *, fragment_seconds: float, clock: Clock | None = None,
                  max_frames: int | None = None) -> None:
         super().__init__()
+        audio_cfg = getattr(cfg, "audio", None)
+        self.on_audio = None  # AudioFrame callback (the pipeline sets it when source.audio is configured)
+        self.audio = None  # the AacEncoder (its asc, sample_rate, channels declare the track)
+        if audio_cfg is not None:
+            from kvs_edge.media.aac_encoder import AacEncoder
+
+            self.audio = AacEncoder(audio_cfg.sample_rate, audio_cfg.channels, audio_cfg.bitrate)
         self.width, self.height = int(cfg.width), int(cfg.height)
         self.fps = Fraction(cfg.fps).limit_denominator(1001)
         if self.fps <= 0:
@@ -135,6 +148,13 @@ class TestPatternSource(Source):
         self.max_frames = max_frames
         self.pattern = Pattern(self.width, self.height)
         self.name = f"testpattern {self.width}x{self.height}@{float(self.fps):g}"
+        self.flash_every = max(1, round(float(self.fps)))  # frames: one flash (and beep) a second
+        self.tone = None
+        if self.audio is not None:
+            from .tone import ToneTrack
+
+            self.tone = ToneTrack(self.audio.sample_rate, self.audio.channels, self.fps, self.flash_every)
+            self.name += " with a tone"
 
     def _encoder(self):
         import av
@@ -175,7 +195,8 @@ class TestPatternSource(Source):
             ts = pacer.wait(int(index * 1_000_000_000 / self.fps))
             if self._stopping.is_set():
                 break
-            picture = self.pattern.render(index, wall_clock_text((ts + wall_minus_mono) / 1e9))
+            flash = self.tone is not None and index % self.flash_every == 0
+            picture = self.pattern.render(index, wall_clock_text((ts + wall_minus_mono) / 1e9), flash)
             vf = av.VideoFrame.from_ndarray(picture, format="yuv420p")
             vf.pts = index
             captured[index] = ts
@@ -183,3 +204,16 @@ class TestPatternSource(Source):
                 pts = int(pkt.pts)
                 emit(Frame(bytes(pkt), captured.pop(pts, ts), bool(pkt.is_keyframe)))
             index += 1
+            if self.tone is not None:
+                self._sound_until(index, pacer.t0)
+
+    def _sound_until(self, index: int, t0: int) -> None:
+        """Encode the sound up to the instant of frame `index` and deliver its AAC frames."""
+        rate = self.audio.sample_rate
+        end = index * rate * self.fps.denominator // self.fps.numerator
+        start = self.audio.samples_in
+        if end <= start:
+            return
+        for data, k in self.audio.encode_array(self.tone.samples(start, end - start)):
+            if self.on_audio is not None:
+                self.on_audio(AudioFrame(data, t0 + k * 1_000_000_000 // rate))

@@ -161,6 +161,7 @@ class MkvSession:
     clusters: list[MkvCluster]
     trailing_tags: list[list[tuple[str, str]]]  # Tags after the last cluster
     top_level: list[str]  # element names directly inside the Segment, in order
+    track2: dict | None = None  # the second TrackEntry (audio) like `track`, Audio children flattened in
 
 
 def read_kvs_mkv(data: bytes) -> MkvSession:
@@ -186,7 +187,7 @@ def read_kvs_mkv(data: bytes) -> MkvSession:
                     out.append((kv.get("TagName"), kv.get("TagString", "")))
         return out
 
-    info, track, clusters, pending = {}, {}, [], []
+    info, track, clusters, pending, track2 = {}, {}, [], [], None
     ntracks = 0
     top = []
     for el in seg:
@@ -202,6 +203,11 @@ def read_kvs_mkv(data: bytes) -> MkvSession:
                         track[v.name] = v.value
                 else:
                     track[c.name] = bytes(c.value) if isinstance(c.value, bytearray) else c.value
+            if ntracks > 1:
+                track2 = {}
+                for c in entries[1]:
+                    for v in (list(c) if c.name == "Audio" else [c]):
+                        track2[v.name] = bytes(v.value) if isinstance(v.value, bytearray) else v.value
         elif el.name == "Tags":
             pending.append(tags_of(el))
         elif el.name == "Cluster":
@@ -216,7 +222,7 @@ def read_kvs_mkv(data: bytes) -> MkvSession:
                                            raw[4:]))
             clusters.append(MkvCluster(tc, tco, tcw, unknown(el), blocks, pending))
             pending = []
-    return MkvSession(dict(doc.info), unknown(seg), info, track, ntracks, clusters, pending, top)
+    return MkvSession(dict(doc.info), unknown(seg), info, track, ntracks, clusters, pending, top, track2)
 
 
 def avcc_nals(payload: bytes) -> list[bytes]:

@@ -1,0 +1,98 @@
+"""Audio capture timestamps from the sample count, on the clock the video is stamped with (pure).
+
+A sound card's clock is not the monotonic clock: it runs some ppm fast or slow, so stamping sample k at
+`anchor + k / nominal_rate` drifts away from the video by 0.36 s per hour at 100 ppm. And stamping a chunk at its
+arrival time carries the scheduling jitter of every read. `AudioClock` does both right:
+
+- sample k is stamped `base_ns + (k - base_k) * period_ns`: chunks follow each other exactly (no jitter);
+- every `window_s` of audio, the smallest `arrival - predicted arrival` of the window (reads are only ever late, so
+  the minimum is the phase error without the jitter) corrects the phase (`base_ns`) and the period (the card's real
+  rate): a second-order loop that tracks any constant drift with no steady error;
+- an arrival that disagrees with the prediction by more than `resync_ms` (an xrun, samples lost, a device that was
+  gone) re-anchors at the arrival: counted in `resyncs` and returned in `Stamp.resync`, so the caller logs it.
+
+Timestamps are nanoseconds on the injected arrival clock (CLOCK_MONOTONIC in the appliance, like Frame.timestamp_ns).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Stamp:
+    timestamp_ns: int  # capture time of the chunk's first sample
+    resync: bool  # True when this chunk re-anchored the clock (the reason is in AudioClock.last_resync)
+
+
+class AudioClock:
+    def __init__(self, sample_rate: int, *, latency_ns: int = 0, window_s: float = 5.0, resync_ms: float = 100.0,
+                 max_ppm: float = 1000.0) -> None:
+        if sample_rate <= 0:
+            raise ValueError("sample_rate must be positive")
+        self.sample_rate = sample_rate
+        self.latency_ns = latency_ns  # from the end of a chunk's capture to its read returning (device buffer)
+        self.window_samples = max(1, int(window_s * sample_rate))
+        self.resync_ns = int(resync_ms * 1_000_000)
+        self.max_skew = max_ppm * 1e-6
+        self.nominal_period_ns = 1e9 / sample_rate
+        self.period_ns = self.nominal_period_ns
+        self.samples = 0  # samples stamped so far
+        self.resyncs = 0
+        self.last_resync = ""
+        self._base_ns: float | None = None
+        self._base_k = 0
+        self._win_start = 0
+        self._win_min: float | None = None
+
+    @property
+    def drift_ppm(self) -> float:
+        """The card's clock against the arrival clock as estimated now (positive: the card runs slow)."""
+        return (self.period_ns / self.nominal_period_ns - 1) * 1e6
+
+    def stamp(self, n_samples: int, arrival_ns: int, discontinuity: bool = False) -> Stamp:
+        """The timestamp of the first of `n_samples` samples whose read returned at `arrival_ns`.
+
+        discontinuity: the capture layer knows samples were lost (xrun reported, device reopened): re-anchor.
+        """
+        if n_samples <= 0:
+            raise ValueError("a chunk needs at least one sample")
+        k = self.samples
+        captured_end = arrival_ns - self.latency_ns  # when the chunk's last sample was captured, plus read jitter
+        resync = False
+        if self._base_ns is None or discontinuity:
+            self.last_resync = "start" if self._base_ns is None else "discontinuity reported by the capture"
+            resync = self._base_ns is not None
+            self._anchor(k, captured_end - n_samples * self.period_ns)
+        else:
+            predicted_end = self._base_ns + (k + n_samples - self._base_k) * self.period_ns
+            err = captured_end - predicted_end
+            if abs(err) > self.resync_ns:
+                self.last_resync = (f"the audio {'arrived' if err > 0 else 'ran'} {abs(err) / 1e6:.0f} ms "
+                                    f"{'late' if err > 0 else 'ahead'} (xrun or lost samples)")
+                resync = True
+                self._anchor(k, captured_end - n_samples * self.period_ns)
+            else:
+                self._win_min = err if self._win_min is None else min(self._win_min, err)
+        if resync:
+            self.resyncs += 1
+        ts = self._base_ns + (k - self._base_k) * self.period_ns
+        self.samples = k + n_samples
+        if self.samples - self._win_start >= self.window_samples and self._win_min is not None:
+            self._correct(self.samples - self._win_start)
+        return Stamp(int(round(ts)), resync)
+
+    def _anchor(self, k: int, base_ns: float) -> None:
+        self._base_ns, self._base_k = base_ns, k
+        self._win_start, self._win_min = k, None
+
+    def _correct(self, window: int) -> None:
+        """End of a window: move the phase by half its error and the period by a quarter of the error's slope."""
+        err = self._win_min
+        k = self.samples
+        now = self._base_ns + (k - self._base_k) * self.period_ns
+        self.period_ns += 0.25 * err / window
+        lo, hi = self.nominal_period_ns * (1 - self.max_skew), self.nominal_period_ns * (1 + self.max_skew)
+        self.period_ns = min(max(self.period_ns, lo), hi)
+        self._base_ns, self._base_k = now + 0.5 * err, k
+        self._win_start, self._win_min = k, None
