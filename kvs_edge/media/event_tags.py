@@ -20,7 +20,8 @@ When an event Tag carries the custom pair, the separate user Tags is not written
 
 from __future__ import annotations
 
-from kvs_edge.media.mkv import SIMPLE_TAG, TAG, TAG_NAME, TAG_STRING, TAGS, element, string_element, validate_user_tag
+from kvs_edge.media.fragment_tags import check_tag, tag_element
+from kvs_edge.media.mkv import SIMPLE_TAG, TAG, TAG_NAME, TAG_STRING, TAGS, element, string_element
 
 EVENT_TAG = "kvs-edge.event"
 NOTIFICATION = "AWS_KINESISVIDEO_NOTIFICATION"
@@ -39,11 +40,11 @@ def fragment_tags(label: str, *, first: bool, notify: bool, images: bool) -> byt
     """The Tags elements to write before a fragment of an event labelled `label`; `first`: the fragment holding the
     event's first trigger (the one that carries the service's one-shot event tags)."""
     label = label.encode("utf-8")[:256].decode("utf-8", "ignore") or "trigger"
-    validate_user_tag(EVENT_TAG, label)
+    check_tag(EVENT_TAG, label)
     custom = [(EVENT_TAG, label)]
     out = b""
     if first and notify:
         out += _event_tags(NOTIFICATION, custom)
     if first and images:
         out += _event_tags(IMAGE_GENERATION, custom)
-    return out or element(TAGS, element(TAG, _simple(EVENT_TAG, label)))
+    return out or tag_element(EVENT_TAG, label)
