@@ -71,6 +71,8 @@ bench: $(STAMP)
 	$(PY) bench/log.py
 	$(PY) bench/drain.py
 	$(PY) bench/pipeline.py
+	$(PY) bench/events.py
+	$(PY) bench/motion.py
 	$(PY) bench/read_side.py
 	$(PY) bench/hls.py
 	$(PY) bench/producer.py

@@ -154,6 +154,11 @@ class FragmentIndex:
                     return None
                 self._cond.wait(remaining)
 
+    def fragments(self, after_seq: int | None = None) -> list[FragmentInfo]:
+        """Every fragment in the log (unreleased, unevicted; the one being written last), oldest first."""
+        with self._cond:
+            return [f.info() for seq, f in self._frags.items() if after_seq is None or seq > after_seq]
+
     def header(self, header_id: int) -> bytes:
         with self._cond:
             try:
