@@ -11,7 +11,11 @@ APT_TOOLS := shellcheck:shellcheck systemd-analyze:systemd chromium:chromium chr
 SDK_APT_TOOLS := cmake:cmake cc:build-essential make:build-essential pkg-config:pkg-config
 SDK_APT_PKGCONFIG := libcurl:libcurl4-openssl-dev openssl:libssl-dev
 
-.PHONY: test demo venv tools sdk-tools sdk bench image-test picamera-test clean docs dist
+# The VM test bed's host tools (make vm-test).
+VM_APT_TOOLS := qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils socat:socat mkfs.vfat:dosfstools \
+	mcopy:mtools debootstrap:debootstrap
+
+.PHONY: test demo venv tools sdk-tools sdk bench image-test picamera-test vm-test clean docs dist
 
 venv: $(STAMP)
 
@@ -67,6 +71,8 @@ bench: $(STAMP)
 	$(PY) bench/log.py
 	$(PY) bench/drain.py
 	$(PY) bench/pipeline.py
+	$(PY) bench/events.py
+	$(PY) bench/motion.py
 	$(PY) bench/read_side.py
 	$(PY) bench/hls.py
 	$(PY) bench/producer.py
@@ -86,6 +92,14 @@ dist: $(STAMP)
 # then checked inside it (see docs/image.md). Needs root; installs debootstrap/qemu-user-static/binfmt-support.
 image-test: $(STAMP)
 	bash image-build/image-test.sh
+
+# kvs-edge in a QEMU machine (TCG): systemd as PID 1, v4l2loopback/vivid, link loss, power cuts (docs/vm-test.md).
+# Needs root; the disk is cached in /var/cache/kvs-edge-vm-{base,disk}-KEY, keyed by its inputs.
+vm-test: $(STAMP)
+	@$(MAKE) --no-print-directory tools APT_TOOLS="$(VM_APT_TOOLS)"
+	@start=$$(date +%s); image=$$(bash image-build/vm/build-image.sh) && \
+	  $(PY) tests/vm/run.py "$$image"; rc=$$?; \
+	  echo "vm-test: make vm-test took $$(( $$(date +%s) - start )) s"; exit $$rc
 
 # The real Picamera2 (PyPI) on a real libcamera (Debian sid's source, virtual camera, our patch): built by
 # tools/real-picamera/build.sh into /var/cache/kvs-edge-picamera-<key> (about ten minutes the first time, needs root

@@ -47,28 +47,6 @@ die() {
     exit 1
 }
 
-# Mount points at or below $1, deepest first.
-mounts_under() {
-    local dir
-    dir=$(realpath -m "$1")
-    awk -v d="$dir" '$2 == d || index($2, d "/") == 1 { print $2 }' /proc/self/mounts | sort -r
-}
-
-unmount_under() {
-    local m
-    for m in $(mounts_under "$1"); do
-        umount "$m" 2>/dev/null || umount -l "$m"
-    done
-}
-
-# Remove a tree, never through a mount (a bind-mounted /dev must not be emptied).
-remove_tree() {
-    [ -e "$1" ] || return 0
-    unmount_under "$1"
-    [ -z "$(mounts_under "$1")" ] || die "$1 is still mounted; not removing it"
-    rm -rf --one-file-system "$1"
-}
-
 cleanup() {
     local rc=$?
     set +e
@@ -88,7 +66,7 @@ cleanup() {
             echo "$PROG: left $WORK behind: still mounted" >&2
         fi
     fi
-    [ ! -d "$CACHE" ] || unmount_under "$CACHE"   # an interrupted debootstrap
+    if [ -d "$CACHE" ] && declare -F unmount_under >/dev/null; then unmount_under "$CACHE"; fi  # an interrupted debootstrap
     if [ "$rc" = 0 ]; then
         say "PASSED in $((SECONDS - T0)) s ($BASE_NOTE)"
     elif [ "$DIED" = 0 ]; then
@@ -108,6 +86,9 @@ in_tree() {
 
 # --- can this machine run it? ----------------------------------------------------------------------------------------
 [ "$(id -u)" = 0 ] || die "must run as root (debootstrap, mount, chroot): sudo make image-test"
+# mounts_under, unmount_under, remove_tree
+# shellcheck source=image-build/mounts.sh
+. "$REPO/image-build/mounts.sh"
 [ -x "$HOST_PY" ] || die "no $HOST_PY: run make venv first (the KVS emulator runs on this machine from the checkout)"
 "$HOST_PY" -c 'import kvs_edge' 2>/dev/null || die "$HOST_PY cannot import kvs_edge: run make venv"
 

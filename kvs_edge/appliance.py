@@ -13,6 +13,7 @@ from pathlib import Path
 
 from kvs_edge.clock import Timebase
 from kvs_edge.config import Config
+from kvs_edge.event_service import EventService
 from kvs_edge.kvs.control import ControlPlane
 from kvs_edge.kvs.credentials import resolve_credentials
 from kvs_edge.log import FragmentLog
@@ -89,9 +90,14 @@ class Appliance:
         self.control = self.producer.control
         self.pipeline = self.producer.pipeline
         self.link = self.producer.link
+        # upload.mode events/schedule: the uploader reads the log through the upload gate (event_service.py)
+        self.events = EventService.for_appliance(self)
+        self.upload_log = self.producer.upload_log = self.events.gate if self.events else fragment_log
 
     def start(self) -> None:
         self.timebase.refresh()
+        if self.events:
+            self.events.start()
         self.pipeline.start()
 
     def process_events(self) -> int:
@@ -122,6 +128,8 @@ class Appliance:
         return f"{getattr(self.source, 'name', 'source')} -> stream {self.cfg.stream.name} ({self.cfg.stream.region})"
 
     def stop(self, timeout: float = 5.0) -> None:
+        if self.events:
+            self.events.stop()
         self.pipeline.stop(timeout)
         if not self._owns_shared:
             return

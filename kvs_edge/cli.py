@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--region", default="us-east-1")
     s.add_argument("--persist-delay", type=float, default=None, help="seconds between RECEIVED and PERSISTED")
     s.add_argument("--max-connection-seconds", type=float, default=None, help="ERROR 4003 after this (default 2700)")
+    s.add_argument("--advertise-url", default=None,
+                   help="the data endpoint GetDataEndpoint answers, e.g. http://10.0.2.100:4566 (default: the scheme "
+                        "and Host of the request, i.e. the address the client reached)")
     s.add_argument("--list", metavar="STREAM", default=None, help="print the archive index of STREAM and exit")
     s.add_argument("--iot-port", type=int, default=None,
                    help="also serve an AWS IoT credentials provider (mutual TLS) on this port (0: a free one); "
@@ -73,6 +76,25 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="show the running service's state (non-zero exit when unhealthy)")
     s.add_argument("--json", action="store_true")
     s.add_argument("--file", default=None, help="status file (default: the service's)")
+
+    s = sub.add_parser("trigger", help="start an event in the running service (upload.mode events)")
+    s.add_argument("--seconds", type=float, default=0.0, help="how long the event lasts before events.post_seconds")
+    s.add_argument("--label", default="trigger", help="the kvs-edge.event tag of its fragments (default trigger)")
+    s.add_argument("--config", default=DEFAULT_CONFIG)
+    s.add_argument("--socket", default=None, help="control socket (default: events.control_socket of --config)")
+    s.add_argument("--camera", default=None, help="with several cameras: which one (its name, or its index)")
+
+    s = sub.add_parser("events", help="list the events recorded in the fragment log")
+    s.add_argument("--config", default=DEFAULT_CONFIG)
+    s.add_argument("--dir", default=None, help="a log folder (buffer.path, or a copy) instead of --config's")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("export", help="write recorded video from the fragment log to a .mkv or .mp4 file")
+    s.add_argument("--from", required=True, metavar="TIME", help="ISO 8601 (local time unless zoned) or epoch s")
+    s.add_argument("--to", required=True, metavar="TIME")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--config", default=DEFAULT_CONFIG)
+    s.add_argument("--dir", default=None, help="a log folder (buffer.path, or a copy) instead of --config's")
 
     s = sub.add_parser("import-boot-config", help="apply kvs-edge.yaml from the boot partition (run by a oneshot unit)")
     s.add_argument("--boot", action="append", default=None, help="boot partition folder(s) to look in")

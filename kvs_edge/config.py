@@ -132,6 +132,7 @@ class BufferConfig:
     path: str = "/var/lib/kvs-edge/buffer"
     max_bytes: int = 1 * GiB
     sync_seconds: float = 2.0
+    retain_seconds: float | None = None  # video not selected for upload (events mode) is kept this long; None: max_bytes
 
 
 # The Producer's buffer (`Producer(buffer_max_bytes=...)`): smaller than the appliance's, as a library shares its host.
@@ -144,10 +145,36 @@ class TimeConfig:
 
 
 @dataclass(frozen=True)
+class ScheduleWindow:
+    cron: str
+    minutes: int
+
+
+@dataclass(frozen=True)
 class UploadConfig:
     stale_seconds: float = 10.0
     max_connection_minutes: int = 40
     connect_timeout_seconds: float = 10.0
+    mode: str = "continuous"  # continuous | events | schedule (upload_policy.py)
+    schedule: tuple[ScheduleWindow, ...] = ()  # upload windows, for mode schedule
+    timezone: str = "UTC"  # the zone the schedule's cron expressions are read in
+
+
+@dataclass(frozen=True)
+class EventsConfig:
+    """upload.mode events: what an event uploads, its tags, the control socket, the motion detector."""
+
+    pre_seconds: float = 5.0
+    post_seconds: float = 5.0
+    notify: bool = False  # AWS_KINESISVIDEO_NOTIFICATION on the fragment of each event's first trigger
+    images: bool = False  # AWS_KINESISVIDEO_IMAGE_GENERATION on that fragment
+    control_socket: str = "/run/kvs-edge/control.sock"
+    motion: bool = False
+    motion_threshold: int = 25  # per-pixel absolute luma difference (0-255) that counts as changed
+    motion_area: float = 0.01  # share of the (region's) pixels that must change
+    motion_cooldown_seconds: float = 10.0
+    motion_fps: float = 2.0
+    motion_roi: tuple[float, float, float, float] | None = None  # x, y, width, height as shares of the picture
 
 
 @dataclass(frozen=True)
@@ -197,6 +224,7 @@ class Config:
     upload: UploadConfig = field(default_factory=UploadConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
     # Always at least one entry once parsed: the single-camera form (stream:, source:) is the one camera. With a
     # `cameras:` list, `stream`/`source`/`upload` above are the first camera's (callers that know one camera only).
     cameras: tuple[CameraConfig, ...] = ()
@@ -212,6 +240,7 @@ SECTIONS: dict[str, type] = {
     "upload": UploadConfig,
     "health": HealthConfig,
     "log": LogConfig,
+    "events": EventsConfig,
 }
 SUBSECTIONS: dict[str, type] = {"aws.iot": IotConfig, "source.audio": AudioConfig}
 
@@ -524,6 +553,47 @@ def _tags(v: Any, key: str) -> tuple[tuple[str, str], ...]:
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 
 
+def _schedule(v: Any, key: str) -> tuple[ScheduleWindow, ...]:
+    from kvs_edge.schedule import MAX_WINDOW_MINUTES, CronError, parse_cron
+    example = 'like [{cron: "0 * * * *", minutes: 10}]'
+    if not isinstance(v, list):
+        raise _Problem(f"expected a list of windows, {example}")
+    out = []
+    for i, w in enumerate(v):
+        if not isinstance(w, dict) or set(w) != {"cron", "minutes"}:
+            raise _Problem(f"window {i + 1}: expected cron and minutes, {example}")
+        try:
+            parse_cron(w["cron"])
+        except CronError as e:
+            raise _Problem(f"window {i + 1}: {e}") from None
+        m = w["minutes"]
+        if isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= MAX_WINDOW_MINUTES:
+            raise _Problem(f"window {i + 1}: minutes must be a whole number from 1 to {MAX_WINDOW_MINUTES}")
+        out.append(ScheduleWindow(w["cron"], m))
+    return tuple(out)
+
+
+def _timezone(v: Any, key: str) -> str:
+    from kvs_edge.schedule import zone
+    name = _text(v, key)
+    try:
+        zone(name)
+    except ValueError as e:
+        raise _Problem(str(e)) from None
+    return name
+
+
+def _roi(v: Any, key: str) -> tuple[float, float, float, float]:
+    problem = "expected x, y, width, height as shares of the picture (0 to 1), like [0.25, 0.5, 0.5, 0.5]"
+    if not isinstance(v, list) or len(v) != 4 or any(isinstance(x, bool) or not isinstance(x, (int, float))
+                                                      for x in v):
+        raise _Problem(problem)
+    x, y, w, h = (float(a) for a in v)
+    if not (0 <= x < 1 and 0 <= y < 1 and 0 < w <= 1 - x and 0 < h <= 1 - y):
+        raise _Problem(problem + "; the region must lie inside the picture")
+    return (x, y, w, h)
+
+
 def _stream_name(v: Any, key: str) -> str:
     s = _text(v, key)
     if not _STREAM_NAME.match(_template_body(s, key)):
@@ -622,6 +692,21 @@ _PARSERS: dict[str, Callable[[Any, str], Any]] = {
     "upload.stale_seconds": _number(1, 300, unit=" seconds"),
     "upload.max_connection_minutes": _number(1, 44, integer=True, unit=" minutes"),
     "upload.connect_timeout_seconds": _number(1, 300, unit=" seconds"),
+    "buffer.retain_seconds": _number(1, 366 * 86400, unit=" seconds"),
+    "upload.mode": _choice("continuous", "events", "schedule"),
+    "upload.schedule": _schedule,
+    "upload.timezone": _timezone,
+    "events.pre_seconds": _number(0, 600, unit=" seconds"),
+    "events.post_seconds": _number(0, 3600, unit=" seconds"),
+    "events.notify": _bool,
+    "events.images": _bool,
+    "events.control_socket": _text,
+    "events.motion": _bool,
+    "events.motion_threshold": _number(1, 255, integer=True),
+    "events.motion_area": _number(0.0001, 1),
+    "events.motion_cooldown_seconds": _number(0, 3600, unit=" seconds"),
+    "events.motion_fps": _number(0.2, 30),
+    "events.motion_roi": _roi,
     "health.status_file": _text,
     "health.metrics_listen": _listen,
     "health.stall_seconds": _number(1, 300, unit=" seconds"),
@@ -631,7 +716,7 @@ assert set(_PARSERS) == set(ALL_KEYS) - {"aws.iot", "source.audio"}, set(ALL_KEY
 
 # Keys that hold a file or folder: a relative path is taken relative to the configuration file's folder.
 _PATH_KEYS = {"aws.ca_bundle", "aws.iot.cert_file", "aws.iot.key_file", "aws.iot.ca_file", "buffer.path",
-              "health.status_file"}
+              "health.status_file", "events.control_socket"}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -794,6 +879,7 @@ def parse_config(data: Any, source_name: str, base_dir: str | None = None) -> Co
     cameras = _parse_cameras(data.get(CAMERAS), values, err) if CAMERAS in data else None
     metadata = _parse_metadata(data.get("metadata"), err)
     _cross_checks(values, iot_given, err, cameras=CAMERAS in data)
+    _events_checks(values, err)
     if base_dir is not None:
         _resolve_paths(values, base_dir)
         for cam in cameras or []:
@@ -825,6 +911,7 @@ def parse_config(data: Any, source_name: str, base_dir: str | None = None) -> Co
         upload=entries[0].upload,
         health=HealthConfig(**values["health"]),
         log=LogConfig(**values["log"]),
+        events=EventsConfig(**values["events"]),
         cameras=entries,
         metadata=metadata,
     )
@@ -1080,6 +1167,17 @@ def _check_source(source: dict[str, Any], at: str, err: _Errors) -> None:
     if audio is not None and stype in ("file", "rtsp", "testpattern") and audio.device != "auto" \
             and not err.about(f"{at}.audio.device"):
         err(f"{at}.audio.device", f"{_show(audio.device)}: {at}.type {stype} brings its own sound; set it to auto")
+
+
+def _events_checks(v: dict[str, dict[str, Any]], err: _Errors) -> None:
+    mode = v["upload"].get("mode", UploadConfig.mode)
+    if mode == "schedule" and not v["upload"].get("schedule") and not err.about("upload.schedule"):
+        err("upload.schedule", 'required when upload.mode is schedule, like [{cron: "0 * * * *", minutes: 10}]')
+    retain = v["buffer"].get("retain_seconds")
+    pre = v["events"].get("pre_seconds", EventsConfig.pre_seconds)
+    if mode == "events" and retain is not None and retain < pre:
+        err("buffer.retain_seconds", f"{_num(retain)} is shorter than events.pre_seconds ({_num(pre)}): an event "
+                                     "could not reach back that far; make it at least as long")
 
 
 def _resolve_paths(v: dict[str, dict[str, Any]], base_dir: str, *, only_source: bool = False) -> None:

@@ -77,7 +77,9 @@ class StreamLink:
             log.warning("stream %s keeps no data (retention 0): fragments are released on RECEIVED",
                         cfg.stream.name)
         self.uploader = Uploader(
-            self.app.fragment_log, stream_name=cfg.stream.name, region=cfg.stream.region,
+            # upload.mode events/schedule: the upload gate over the log (event_service.py), else the log itself
+            getattr(self.app, "upload_log", self.app.fragment_log), stream_name=cfg.stream.name,
+            region=cfg.stream.region,
             endpoint=DataEndpoint(control, cfg.stream.name), credentials=self.app.credentials,
             timebase=self.app.timebase, keeps_data=keeps_data, ca_bundle=cfg.aws.ca_bundle,
             stale_after_s=cfg.upload.stale_seconds, max_connection_s=cfg.upload.max_connection_minutes * 60.0,

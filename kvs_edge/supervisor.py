@@ -18,6 +18,7 @@ from kvs_edge.errors import EXIT_CONFIG
 from kvs_edge.pipeline import PipelineFailure
 from kvs_edge.retry import STREAM_LOOKUP, UPLOAD, wedge_limit
 from kvs_edge.service.notify import Notifier, WatchdogGate, watchdog_interval
+from kvs_edge.event_service import upload_status
 from kvs_edge.service.status import write_status
 
 log = logging.getLogger("kvs_edge")
@@ -41,6 +42,8 @@ def build_status(app, *, started_at: float, state_override: str | None = None) -
         state = state_override
     elif not synced:
         state = "waiting_for_clock"
+    elif getattr(getattr(getattr(app, "events", None), "gate", None), "idle", False):
+        state = "recording"  # upload.mode events/schedule with nothing selected: recording only, by design
     elif link.state == "connected":
         state = "streaming"
     elif link.state == "connecting" and c.frames_in == 0:
@@ -69,6 +72,7 @@ def build_status(app, *, started_at: float, state_override: str | None = None) -
         "clock_synced": synced,
         "last_error": link.last_error or st.last_error,
         "latency_s": _percentiles(c.latencies),
+        "upload": upload_status(app, getattr(getattr(app, "events", None), "gate", None)),
     }
 
 

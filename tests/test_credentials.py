@@ -19,6 +19,7 @@ from kvs_edge.kvs.credentials import (
     BOTOCORE_MANDATORY_S,
     CredentialsError,
     IotCredentialFetcher,
+    other_readers,
     IotSettings,
     refresh_windows,
     resolve_credentials,
@@ -115,7 +116,8 @@ def test_static_keys_and_the_permission_warning(tmp_path, caplog):
     frozen = creds.get_frozen_credentials()
     assert (frozen.access_key, frozen.secret_key, frozen.token) == (ACCESS_KEY, SECRET, "tok")
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-    assert len(warnings) == 1 and str(config) in warnings[0] and "chmod 600" in warnings[0]
+    assert len(warnings) == 1 and str(config) in warnings[0] and "every user" in warnings[0]
+    assert f"chmod o-r {config}" in warnings[0]
     assert_no_secret(caplog.text, repr(creds))
 
     caplog.clear()
@@ -123,6 +125,15 @@ def test_static_keys_and_the_permission_warning(tmp_path, caplog):
     with caplog.at_level(logging.DEBUG):
         resolve_credentials(cfg, config_path=config)
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_who_else_reads_the_config_by_its_mode_and_group():
+    # install.sh: 0640 root:kvs-edge, kvs-edge the service user's own group: nobody else reads it, no warning
+    assert other_readers(0o100640, "kvs-edge", {"kvs-edge"}, "kvs-edge") is None
+    assert other_readers(0o100600, "root", {"root", "pi"}, "kvs-edge") is None
+    # a group with other members, or o+r: a warning naming who
+    assert other_readers(0o100640, "video", {"kvs-edge", "pi"}, "kvs-edge") == "the group video (pi)"
+    assert other_readers(0o100604, "kvs-edge", {"kvs-edge"}, "kvs-edge") == "every user on this machine"
 
 
 def test_static_without_the_secret_names_the_key(tmp_path):

@@ -308,6 +308,7 @@ def test_torn_tail_cut_at_open_and_log_usable_after(tmp_path):
         rec = fmt.end_record(s, len(contents[s]), 4, 2000 * i, 2000 * i + 99, zlib.crc32(contents[s]))
         assert data.count(rec) == 1
         scan_ends[s] = data.find(rec) + len(rec)
+    salvages = []
     for cut in sorted(set(random.Random(5).sample(range(len(data) + 1), 60)) | {len(data), 0, 9}):
         d = tmp_path / f"cut{cut}"
         d.mkdir()
@@ -315,9 +316,19 @@ def test_torn_tail_cut_at_open_and_log_usable_after(tmp_path):
             f.write(data[:cut])
         log = FragmentLog(d, 100 << 20)
         kept = backlog(log)
-        assert kept == [s for s in sorted(contents) if scan_ends[s] <= cut], cut
+        # the complete fragments, and the one the cut falls in with its whole frames (salvaged: a power cut keeps
+        # what was flushed of the fragment being written)
+        salvaged = [f.seq for f in fmt.scan_segment(data[:cut]).fragments if f.salvaged]
+        assert kept == [s for s in sorted(contents) if scan_ends[s] <= cut] + salvaged, cut
         for s in kept:
-            assert read_all(log, s) == contents[s]
+            got = read_all(log, s)
+            if s in salvaged:
+                frames = frames_of(sorted(contents).index(s), n=4, size=300) if s in contents else [b"torn frame" * 10]
+                whole = [b"CLUSTER" + b"".join(frames[:k]) for k in range(1, len(frames) + 1)]
+                assert got in whole  # its first frames, whole
+                salvages.append(s)
+            else:
+                assert got == contents[s]
         # the log is usable after the cut: new fragments, then a reopen sees old and new in order
         new = write_fragment(log, log.add_header(HEADER_A), 50_000, [b"new"])
         log.close()
@@ -325,6 +336,7 @@ def test_torn_tail_cut_at_open_and_log_usable_after(tmp_path):
         assert backlog(log) == kept + [new]
         log.close()
         shutil.rmtree(d)
+    assert len(salvages) >= 10  # the cuts fell inside fragments often enough to check the salvage
 
 
 def test_a_second_process_cannot_open_the_same_log(tmp_path):

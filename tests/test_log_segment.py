@@ -22,7 +22,9 @@ fragment_st = st.fixed_dictionaries({
 
 
 def build(frags: list[dict], unfinished: dict | None = None, seq0: int = 7):
-    """Encode fragments the way the log writes them. Returns (segment bytes, expected list, end offsets)."""
+    """Encode fragments the way the log writes them. Returns (segment bytes, expected list): per fragment what a scan
+    returns, with `end` (where its END record ends; None when unfinished) and `prefixes`: after each of its DATA
+    records, (where that record ends, what a salvage of the fragment cut there returns)."""
     out = bytearray(fmt.MAGIC)
     written_headers: set[int] = set()
     expected = []
@@ -37,27 +39,44 @@ def build(frags: list[dict], unfinished: dict | None = None, seq0: int = 7):
         out += rec
         data = bytearray(f["head"])
         last = f["first_ms"]
-        for chunk, delta in f["frames"]:
+        common = dict(seq=seq, header_id=f["header_id"], boot_id=f["boot_id"], first_ms=f["first_ms"])
+        prefixes = []
+        for k, (chunk, delta) in enumerate(f["frames"], 1):
             last = max(last, f["first_ms"] + delta)
             rec, _ = fmt.data_record(seq, f["first_ms"] + delta, chunk)
             out += rec
             data += chunk
-        if f is unfinished:
-            break
-        out += fmt.end_record(seq, len(data), len(f["frames"]), f["first_ms"], last, zlib.crc32(data))
-        expected.append(dict(seq=seq, header_id=f["header_id"], boot_id=f["boot_id"], first_ms=f["first_ms"],
-                             last_ms=last, frames=len(f["frames"]), data=bytes(data), end=len(out)))
+            prefixes.append((len(out), dict(common, last_ms=last, frames=k, data=bytes(data), salvaged=True)))
+        if f is not unfinished:
+            out += fmt.end_record(seq, len(data), len(f["frames"]), f["first_ms"], last, zlib.crc32(data))
+        expected.append(dict(common, last_ms=last, frames=len(f["frames"]), data=bytes(data), salvaged=False,
+                             end=None if f is unfinished else len(out), prefixes=prefixes))
     return bytes(out), expected
+
+
+def after_cut(expected: list[dict], cut: int) -> list[dict]:
+    """What a scan of the first `cut` bytes returns: the fragments complete before the cut, then the one the cut falls
+    in salvaged with its DATA records that end before the cut (when there is at least one)."""
+    out = []
+    for e in expected:
+        if e["end"] is not None and e["end"] <= cut:
+            out.append(e)
+            continue
+        whole = [p for end, p in e["prefixes"] if end <= cut]
+        if whole:
+            out.append(whole[-1])
+        break
+    return out
 
 
 def recovered(data: bytes) -> list[dict]:
     scan = fmt.scan_segment(data)
     return [dict(seq=f.seq, header_id=f.header_id, boot_id=f.boot_id, first_ms=f.first_ms, last_ms=f.last_ms,
-                 frames=f.frames, data=fmt.fragment_bytes(data, f)) for f in scan.fragments]
+                 frames=f.frames, data=fmt.fragment_bytes(data, f), salvaged=f.salvaged) for f in scan.fragments]
 
 
 def strip(expected: list[dict]) -> list[dict]:
-    return [{k: v for k, v in e.items() if k != "end"} for e in expected]
+    return [{k: v for k, v in e.items() if k not in ("end", "prefixes")} for e in expected]
 
 
 @settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
@@ -74,20 +93,28 @@ def test_random_fragments_round_trip(frags):
 
 @settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(fragment_st, max_size=5), st.one_of(st.none(), fragment_st), st.data())
-def test_truncated_at_any_byte_recovers_exactly_the_complete_fragments_before_the_cut(frags, unfinished, draw):
+def test_truncated_at_any_byte_recovers_the_complete_fragments_and_the_whole_frames_of_the_cut_one(frags, unfinished,
+                                                                                                     draw):
     data, expected = build(frags, unfinished)
     cut = draw.draw(st.integers(0, len(data)), label="cut")
     torn = data[:cut]
-    want = [e for e in expected if e["end"] <= cut]
+    want = after_cut(expected, cut)
     assert recovered(torn) == strip(want)
     scan = fmt.scan_segment(torn)
-    # what is kept is exactly up to the end of the last complete fragment (or the records between fragments)
+    # what is kept reaches at least the end of the last fragment (complete, or salvaged up to its last whole frame)
     if cut < len(fmt.MAGIC):
         assert scan.clean_length == 0  # a torn magic: nothing worth keeping
     else:
-        assert (want[-1]["end"] if want else len(fmt.MAGIC)) <= scan.clean_length <= cut
-        again = fmt.scan_segment(torn[:scan.clean_length])
-        assert again.error is None and recovered(torn[:scan.clean_length]) == strip(want)
+        kept_end = len(fmt.MAGIC)
+        if want:
+            last = want[-1]
+            kept_end = last["end"] if not last["salvaged"] else \
+                next(end for end, p in expected[len(want) - 1]["prefixes"] if p["frames"] == last["frames"])
+        assert kept_end <= scan.clean_length <= cut
+        # cutting the file there and scanning again gives the same fragments (recovery is idempotent)
+        assert recovered(torn[:scan.clean_length]) == strip(want)
+        if not (want and want[-1]["salvaged"]):
+            assert fmt.scan_segment(torn[:scan.clean_length]).error is None
 
 
 def test_every_cut_of_one_segment():
@@ -96,8 +123,7 @@ def test_every_cut_of_one_segment():
                    "frames": [(bytes([n]) * (10 + k), 33 * k) for k in range(3)], "released_before": n == 2}
     data, expected = build([f(0), f(1), f(2)], unfinished=f(3))
     for cut in range(len(data) + 1):
-        want = [e for e in expected if e["end"] <= cut]
-        assert recovered(data[:cut]) == strip(want), cut
+        assert recovered(data[:cut]) == strip(after_cut(expected, cut)), cut
 
 
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
@@ -108,8 +134,9 @@ def test_a_corrupted_byte_never_returns_a_damaged_fragment(frags, draw):
     flip = draw.draw(st.integers(1, 255), label="xor")
     bad = bytearray(data)
     bad[pos] ^= flip
-    # every fragment entirely before the damaged byte survives; the damaged one and everything after it do not
-    assert recovered(bytes(bad)) == strip([e for e in expected if e["end"] <= pos])
+    # every fragment entirely before the damaged byte survives, the damaged one only with the frames (whole, checked
+    # records) before that byte, and nothing after it
+    assert recovered(bytes(bad)) == strip(after_cut(expected, pos))
 
 
 @given(st.binary(max_size=300))

@@ -118,3 +118,16 @@ def test_parse_listen(text, expected):
 def test_parse_listen_errors(text, problem):
     with pytest.raises(ValueError, match=problem):
         parse_listen(text)
+
+
+def test_upload_part_of_the_status_becomes_gauges():
+    from prometheus_client import generate_latest
+
+    from kvs_edge.service.metrics import Metrics
+    m = Metrics()
+    m.apply_status({"upload": {"mode": "events", "retained_s": 120.5, "events": 3, "bytes_uploaded": 1000,
+                               "bytes_recorded": 50000}})
+    text = generate_latest(m.registry).decode()
+    for line in ("kvs_edge_retained_seconds 120.5", "kvs_edge_events 3.0", "kvs_edge_bytes_uploaded 1000.0",
+                 "kvs_edge_bytes_recorded 50000.0"):
+        assert line in text

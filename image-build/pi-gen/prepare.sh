@@ -17,6 +17,7 @@ SSH_KEY=""
 STAGE_ONLY=0
 PYVER=3.11      # Raspberry Pi OS and Debian bookworm
 GLIBC=2.36
+ARCH=aarch64    # the Pi; x86_64 for the VM test bed (image-build/vm)
 CACHE=""
 PYTHON=${PYTHON:-python3}
 WHEEL=""
@@ -32,6 +33,7 @@ usage: $PROG [options] DEST
   --stage-only          DEST is the folder to write the filled stage to (make image-test)
   --python-version X.Y  the image's Python, for the dependency wheels (default $PYVER)
   --glibc X.Y           the image's C library version, for the dependency wheels (default $GLIBC)
+  --arch ARCH           the image's machine, for the dependency wheels: aarch64 or x86_64 (default $ARCH)
   --cache DIR           keep the downloaded dependency wheels in DIR (keyed by requirements, Python and glibc)
   --wheel FILE          use this kvs-edge wheel instead of building one from the checkout
   --python PATH         this machine's Python with pip, to build and download wheels (default $PYTHON)
@@ -54,6 +56,7 @@ while [ $# -gt 0 ]; do
         --stage-only) STAGE_ONLY=1; shift ;;
         --python-version) [ $# -ge 2 ] || die "--python-version needs X.Y"; PYVER=$2; shift 2 ;;
         --glibc) [ $# -ge 2 ] || die "--glibc needs X.Y"; GLIBC=$2; shift 2 ;;
+        --arch) [ $# -ge 2 ] || die "--arch needs aarch64 or x86_64"; ARCH=$2; shift 2 ;;
         --cache) [ $# -ge 2 ] || die "--cache needs a folder"; CACHE=$2; shift 2 ;;
         --wheel) [ $# -ge 2 ] || die "--wheel needs a file"; WHEEL=$2; shift 2 ;;
         --python) [ $# -ge 2 ] || die "--python needs a path"; PYTHON=$2; shift 2 ;;
@@ -67,6 +70,7 @@ done
 [[ "$PYVER" =~ ^3\.[0-9]+$ ]] || die "--python-version $PYVER: expected like 3.11"
 [[ "$GLIBC" =~ ^2\.[0-9]+$ ]] || die "--glibc $GLIBC: expected like 2.36"
 [ -z "$WHEEL" ] || [ -f "$WHEEL" ] || die "no such wheel: $WHEEL"
+case "$ARCH" in aarch64|x86_64) ;; *) die "--arch $ARCH: expected aarch64 or x86_64" ;; esac
 if [ "$STAGE_ONLY" = 1 ]; then
     STAGE_DEST=$DEST
 else
@@ -97,7 +101,7 @@ if [ -z "$WHEEL" ]; then
     say "built $(basename "$WHEEL")"
 fi
 
-# --- its dependencies as aarch64 wheels ----------------------------------------------------------------------------
+# --- its dependencies as wheels for the image's machine (aarch64 on a Pi) ----------------------------------------
 requirements=$("$PYTHON" - "$WHEEL" <<'PY'
 import sys, zipfile
 with zipfile.ZipFile(sys.argv[1]) as z:
@@ -108,11 +112,11 @@ with zipfile.ZipFile(sys.argv[1]) as z:
 PY
 )
 abi=cp${PYVER/./}
-platforms=(--platform manylinux2014_aarch64)
+platforms=(--platform "manylinux2014_$ARCH")
 for ((minor = 17; minor <= ${GLIBC#2.}; minor++)); do
-    platforms+=(--platform "manylinux_2_${minor}_aarch64")
+    platforms+=(--platform "manylinux_2_${minor}_$ARCH")
 done
-key=$(printf '%s\n' "$requirements" "$PYVER" "$GLIBC" | sha256sum | cut -c1-16)
+key=$(printf '%s\n' "$requirements" "$PYVER" "$GLIBC" "$ARCH" | sha256sum | cut -c1-16)
 if [ -n "$CACHE" ] && [ -f "$CACHE/wheelhouse-$key.ok" ]; then
     wheelhouse=$CACHE/wheelhouse-$key
     say "dependency wheels: cached in $wheelhouse"
@@ -124,9 +128,9 @@ else
         --only-binary=:all: --implementation cp --python-version "$PYVER" --abi "$abi" --abi abi3 --abi none \
         "${platforms[@]}" -d "$wheelhouse" "${reqs[@]}" >"$WORK/pip.log" 2>&1; then
         cat "$WORK/pip.log" >&2
-        die "downloading the aarch64 wheels of ${reqs[*]} failed (pip's output above)"
+        die "downloading the $ARCH wheels of ${reqs[*]} failed (pip's output above)"
     fi
-    say "downloaded $(find "$wheelhouse" -name '*.whl' | wc -l) dependency wheels for Python $PYVER on aarch64"
+    say "downloaded $(find "$wheelhouse" -name '*.whl' | wc -l) dependency wheels for Python $PYVER on $ARCH"
     if [ -n "$CACHE" ]; then
         mkdir -p "$CACHE"
         rm -rf "$CACHE"/wheelhouse-*   # only the current set is kept

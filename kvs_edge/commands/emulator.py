@@ -47,6 +47,8 @@ def main(args) -> int:
         kw["persist_delay_s"] = args.persist_delay
     if args.max_connection_seconds is not None:
         kw["max_connection_s"] = args.max_connection_seconds
+    if getattr(args, "advertise_url", None):
+        kw["advertise_url"] = args.advertise_url
     akid = args.access_key_id or DEFAULT_ACCESS_KEY_ID
     try:
         emu = Emulator(args.data_dir, host=args.host, port=args.port, tls_cert=args.tls_cert, tls_key=args.tls_key,

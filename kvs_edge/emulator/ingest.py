@@ -129,6 +129,7 @@ class FragmentRecord:
     session_id: str
     session_header: bytes
     data: bytes
+    tags: list[str] = field(default_factory=list)  # "NAME=VALUE" of the metadata tags sent before its cluster
 
 
 @dataclass(frozen=True)
@@ -186,6 +187,7 @@ class _Fragment:
     last_frame_ms: int | None = None
     defects: list[str] = field(default_factory=list)
     blocks: list[bytes] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
 
 
 class _Reject(Exception):
@@ -239,6 +241,7 @@ class PutMediaIngest:
         self._cluster_hdr = 0
         self._tag_name: str | None = None
         self._pending_tags = 0
+        self._tag_list: list[str] = []  # the user/event tags waiting for the next cluster, "NAME=VALUE"
         self._fragment: _Fragment | None = None
         self._last: _Fragment | None = None  # last fragment started (for 4003's timecode)
         self._last_frame_ms: int | None = None  # last frame of the previous fragment of this session (rule 4004)
@@ -379,7 +382,7 @@ class PutMediaIngest:
                              *frag.blocks])
             rec = FragmentRecord(frag.number, frag.timecode, frag.producer_ts_ms, frag.server_ts_ms, frag.size,
                                  frag.frames, frag.first_frame_ms, frag.last_frame_ms, frag.defects, self.session_id,
-                                 self._session_header, data)
+                                 self._session_header, data, list(frag.tags))
             if self.persist_delay_s <= 0 and not self._to_persist:
                 out.append(Store(rec))
                 out.append(Ack(PERSISTED, rec.timecode, rec.number))
@@ -465,6 +468,10 @@ class PutMediaIngest:
                 self._complete(now, out)
             else:
                 self._pending_tags += 1
+                self._tag_name = name
+        elif eid == ebml.TAG_STRING and self._tag_name is not None:
+            self._tag_list.append(f"{self._tag_name}={ebml.read_string(data)}")
+            self._tag_name = None
 
     def _end_track_entry(self) -> None:
         t, self._track = self._track, None
@@ -508,6 +515,7 @@ class PutMediaIngest:
         self._fragment = self._last = frag
         out.append(Ack(BUFFERING, tc, frag.number))
         tags, self._pending_tags = self._pending_tags, 0
+        frag.tags, self._tag_list = self._tag_list, []
         if tags > self.limits.max_tags:
             raise _Reject(4009, f"{tags} metadata tags for one fragment (at most {self.limits.max_tags})")
 

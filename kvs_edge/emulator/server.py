@@ -52,12 +52,15 @@ class Emulator:
                  tls_key: str | None = None, access_key_id: str = DEFAULT_ACCESS_KEY_ID,
                  secret_access_key: str = DEFAULT_SECRET_ACCESS_KEY, region: str = "us-east-1",
                  persist_delay_s: float = 0.0, max_connection_s: float = 2700.0, idle_timeout_s: float = 30.0,
-                 future_tolerance_s: float = 10.0, idle_ack_s: float | None = None, limits: Limits | None = None):
+                 future_tolerance_s: float = 10.0, idle_ack_s: float | None = None, limits: Limits | None = None,
+                 advertise_url: str | None = None):
         if bool(tls_cert) != bool(tls_key):
             raise ValueError("TLS needs both a certificate and a key")
         self.data_dir = Path(data_dir)
         self.host = host
         self.port = port
+        # What GetDataEndpoint answers: this URL when given, else the address the client reached (its Host header).
+        self.advertise_url = advertise_url.rstrip("/") if advertise_url else None
         self.region = region
         self.persist_delay_s = persist_delay_s
         self.max_connection_s = max_connection_s
@@ -89,6 +92,23 @@ class Emulator:
         if ":" in host:
             host = f"[{host}]"
         return f"{'https' if self._ssl else 'http'}://{host}:{self.port}"
+
+    def data_endpoint(self, headers: dict) -> str:
+        """The data endpoint GetDataEndpoint hands out ({"DataEndpoint": "https://s-xxxxxxxx.kinesisvideo...."} in
+        AWS): --advertise-url when given; else the scheme and Host of the request, i.e. the address this client
+        reached, which is the emulator's also through a port forwarder or a NAT (a guest VM's 10.0.2.100:PORT);
+        the listening address only when a client sent no Host."""
+        if self.advertise_url:
+            return self.advertise_url
+        scheme = "https" if self._ssl else "http"
+        host = headers.get("host", "").strip()
+        if host and all(c.isalnum() or c in ".-:[]_" for c in host):
+            if not host.rsplit("]", 1)[-1].count(":"):
+                # no port in Host (the C producer SDK sends just "localhost", as for AWS on 443): the port it reached
+                if self.port != (443 if self._ssl else 80):
+                    host = f"{host}:{self.port}"
+            return f"{scheme}://{host}"
+        return self.url
 
     def start(self) -> "Emulator":
         # Offline from the start (`--fault refuse=S`): the port is bound (so it is known and stays ours) but not
@@ -276,7 +296,7 @@ class Emulator:
                 _send_error(h, conn, 404, "UnknownOperationException", f"Unknown operation {method} {path}")
             return True
         ok, out = self._signed_json(h, conn, method, target, headers, body,
-                                    lambda doc: control.handle(self.store, path, doc, self.url))
+                                    lambda doc: control.handle(self.store, path, doc, self.data_endpoint(headers)))
         if ok:
             _send_json(h, conn, 200, out)
         return True

@@ -51,6 +51,7 @@ class ArchiveEntry:
     offset: int | None = None  # byte range of the fragment's Cluster in streams/<name>/<session>.mkv
     length: int | None = None
     header_size: int | None = None  # the session file's EBML header + Segment head + Info + Tracks
+    tags: list[str] = field(default_factory=list)  # "NAME=VALUE" of the fragment's metadata tags
 
 
 @dataclass
@@ -216,7 +217,7 @@ class Store:
                 f.write(rec.data)
             entry = ArchiveEntry(rec.number, rec.producer_ts_ms, rec.server_ts_ms, rec.size, rec.frames,
                                  list(rec.defects), rec.session_id, rec.first_frame_ms, rec.last_frame_ms,
-                                 offset, len(rec.data), len(rec.session_header))
+                                 offset, len(rec.data), len(rec.session_header), list(rec.tags))
             with open(s.path / "index.jsonl", "a") as f:
                 f.write(json.dumps(asdict(entry)) + "\n")
             s.stats.fragments_persisted += 1

@@ -93,16 +93,51 @@ def default_credentials(profile: str | None = None) -> Credentials:
 # static: keys in the config file
 
 
-def warn_if_readable_by_others(path: str | os.PathLike) -> bool:
-    """Log a warning when the file holding secrets can be read by group or others. True when it warned."""
+def other_readers(mode: int, group: str, group_users: set[str], me: str | None) -> str | None:
+    """Who besides `me` (the reading service's user) may read a file, by its mode bits; None when nobody.
+
+    group_users: the users of the file's group (its listed members and those with it as their primary group). The
+    installed /etc/kvs-edge/config.yaml is 0640 root:kvs-edge, and kvs-edge is the service user's own group: only the
+    service (and root) read it, which is how it must be."""
+    if mode & stat.S_IROTH:
+        return "every user on this machine"
+    if mode & stat.S_IRGRP:
+        others = sorted(group_users - {me})
+        if others:
+            return f"the group {group} ({', '.join(others)})"
+    return None
+
+
+def _group_users(gid: int) -> tuple[str, set[str]]:
+    import grp
+    import pwd
+
     try:
-        mode = os.stat(path).st_mode
+        g = grp.getgrgid(gid)
+    except KeyError:
+        return str(gid), {f"gid {gid}"}  # an unnamed group: assume others
+    return g.gr_name, set(g.gr_mem) | {p.pw_name for p in pwd.getpwall() if p.pw_gid == gid}
+
+
+def warn_if_readable_by_others(path: str | os.PathLike) -> bool:
+    """Log a warning when users other than this process's can read the file holding secrets. True when it warned."""
+    import pwd
+
+    try:
+        st = os.stat(path)
     except OSError:
         return False
-    if mode & (stat.S_IRGRP | stat.S_IROTH):
-        log.warning(
-            "%s holds aws.secret_access_key and is readable by other users: run chmod 600 %s", path, path
-        )
+    if not st.st_mode & (stat.S_IRGRP | stat.S_IROTH):
+        return False
+    try:
+        me = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        me = None
+    group, users = _group_users(st.st_gid) if st.st_mode & stat.S_IRGRP else ("", set())
+    who = other_readers(st.st_mode, group, users, me)
+    if who:
+        fix = "chmod o-r" if st.st_mode & stat.S_IROTH else "chmod g-r"
+        log.warning("%s holds aws.secret_access_key and is readable by %s: run %s %s", path, who, fix, path)
         return True
     return False
 

@@ -202,6 +202,7 @@ class _Fragment:
     received_at: float | None = None
     done: bool = False
     bytes_sent: int = 0
+    tags: bytes = b""  # metadata Tags written just before its cluster
 
 
 class PutMediaSession:
@@ -271,15 +272,16 @@ class PutMediaSession:
         self._started = True
         return self._write(self._header)
 
-    def begin_fragment(self, seq: int, producer_ms: int, now: float) -> list[Event]:
-        """Fragment `seq` comes next, stamped `producer_ms` (its cluster Timecode on the wire)."""
+    def begin_fragment(self, seq: int, producer_ms: int, now: float, tags: bytes = b"") -> list[Event]:
+        """Fragment `seq` comes next, stamped `producer_ms` (its cluster Timecode on the wire); `tags`: Tags elements
+        (fragment metadata) to write right before its cluster."""
         if self.state != OPEN or self._end_reason is not None:
             raise RuntimeError("the session takes no more fragments")
         if self._current is not None:
             raise RuntimeError("begin_fragment() before end_fragment()")
         if producer_ms in self._by_tc:
             raise ValueError(f"two fragments with timecode {producer_ms} in one session")
-        self._current = _Fragment(seq, producer_ms, started_at=now)
+        self._current = _Fragment(seq, producer_ms, started_at=now, tags=tags)
         return []
 
     def fragment_data(self, data: bytes, now: float) -> list[Event]:
@@ -312,7 +314,8 @@ class PutMediaSession:
             self._frags.append(f)
             self._by_tc[f.producer_ms] = f
             self._last_tagged = False
-            data = head + rest
+            # docs/kvs-putmedia.md section 4: "user metadata tags before the cluster they belong to"
+            data = f.tags + head + rest
         f.bytes_sent += len(data)
         return self._write(data)
 

@@ -253,6 +253,16 @@ class Uploader:
                         info.seq, shift, shift)
         return tc
 
+    def _tags(self, info) -> bytes:
+        """Metadata Tags for a fragment, when the log is an upload gate that has some (events mode)."""
+        tags_for = getattr(self.fragment_log, "tags_for", None)
+        return tags_for(info) if tags_for is not None else b""
+
+    def _paused(self) -> bool:
+        """The upload gate selects nothing now (events/schedule mode between uploads): end the session."""
+        paused = getattr(self.fragment_log, "paused", None)
+        return bool(paused and paused())
+
     def _log_empty(self) -> bool:
         return self.fragment_log.next_fragment(None, timeout=0) is None
 
@@ -384,6 +394,8 @@ class _Run:
                 self.apply(s.idle(now))
                 if self.until_empty and not s.outstanding and up._log_empty():
                     self.apply(s.finish("upload complete", now))
+                elif not s.outstanding and up._paused():
+                    self.apply(s.finish("nothing selected for upload: recording only", now))
                 return 0.0
             self.after_idle = False
             if info.header_id != self.header_id:
@@ -395,7 +407,7 @@ class _Run:
                 self.pending = info
                 self.apply(s.idle(now))
                 return IDLE_WAIT_S
-            self.apply(s.begin_fragment(info.seq, producer, now))
+            self.apply(s.begin_fragment(info.seq, producer, now, up._tags(info)))
             up.stats.fragments_sent += 1
             if info.seq in up._sent_before:
                 up.stats.resends += 1

@@ -31,7 +31,9 @@ Policies:
   disk_retry_s. The fragment being written at the switch continues in memory, so the reader loses nothing. Fragments
   held in memory stay there until released or evicted (they are not copied to disk later) and a restart loses them.
 - recovery at open: every complete fragment (END record present, checksum good) is kept, the torn tail of each segment
-  is cut, an unfinished fragment is discarded (not kept up to its last frame: KVS needs whole fragments).
+  is cut, and the fragment being written at a crash or power cut keeps its whole frames (salvaged: each frame is a
+  checksummed record and the Cluster has an unknown size, so its first frames are a valid, shorter fragment; see
+  log/segment.py). Dropping it whole lost up to fragment_seconds + sync_seconds at a power cut, not sync_seconds.
 """
 
 from __future__ import annotations

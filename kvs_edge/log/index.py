@@ -50,6 +50,7 @@ class FragmentInfo:
     size: int
     frames: int
     complete: bool
+    salvaged: bool = False  # recovered without its END record: the first `frames` frames of a fragment cut short
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +68,7 @@ class LogStats:
 
 class _Frag:
     __slots__ = ("seq", "header_id", "boot_id", "first_ms", "last_ms", "size", "frames", "complete", "completed_at",
-                 "crc", "segment", "disk_start", "offsets", "ends", "buf")
+                 "crc", "segment", "disk_start", "offsets", "ends", "buf", "salvaged")
 
     def __init__(self, seq: int, header_id: int, boot_id: str, first_ms: int) -> None:
         self.seq = seq
@@ -85,10 +86,11 @@ class _Frag:
         self.offsets = array("Q")
         self.ends = array("Q")
         self.buf: bytearray | None = None  # the bytes, while being written and for memory fragments
+        self.salvaged = False
 
     def info(self) -> FragmentInfo:
         return FragmentInfo(self.seq, self.header_id, self.boot_id, self.first_ms, self.last_ms, self.size,
-                            self.frames, self.complete)
+                            self.frames, self.complete, self.salvaged)
 
 
 class _Seg:
@@ -151,6 +153,11 @@ class FragmentIndex:
                 if remaining <= 0 or self._closed or gen != self._wake_gen:
                     return None
                 self._cond.wait(remaining)
+
+    def fragments(self, after_seq: int | None = None) -> list[FragmentInfo]:
+        """Every fragment in the log (unreleased, unevicted; the one being written last), oldest first."""
+        with self._cond:
+            return [f.info() for seq, f in self._frags.items() if after_seq is None or seq > after_seq]
 
     def header(self, header_id: int) -> bytes:
         with self._cond:

@@ -12,9 +12,14 @@ so a torn or corrupted tail is detected at the first bad record. The records:
     END      seq u64 | size u64 | frames u32 | first_ms i64 | last_ms i64 | crc32 of all the fragment's bytes
     RELEASE  seq u64                                        (the uploader got this fragment acknowledged)
 
-A fragment's bytes are the START data followed by every DATA record's data, in order. Only a fragment whose END record
-is present and matches (size, frame count, timecodes and checksum of the bytes) is complete; `scan_segment` returns
-only complete fragments, and `clean_length` says where a torn tail (including an unfinished fragment) begins.
+A fragment's bytes are the START data followed by every DATA record's data, in order. A fragment whose END record is
+present and matches (size, frame count, timecodes and checksum of the bytes) is complete. A fragment cut short by a
+crash or a power cut (no END record: the tail of the file is torn, or simply ends) is *salvaged*: its START and its
+whole DATA records are each checked by their own CRC, and the Cluster has an unknown size, so its first frames are a
+valid, shorter fragment. Without this the fragment being written at a power cut was lost whole, even the part of it
+already flushed, and a power cut could lose up to fragment_seconds + sync_seconds instead of sync_seconds.
+`scan_segment` returns the complete fragments and the salvaged one (`salvaged` True), and `clean_length` says where
+the torn tail begins.
 """
 
 from __future__ import annotations
@@ -91,14 +96,16 @@ class ScannedFragment:
     crc: int
     offsets: array = field(default_factory=lambda: array("Q"))
     ends: array = field(default_factory=lambda: array("Q"))
+    salvaged: bool = False  # no END record: the first `frames` frames of a fragment cut short
 
 
 @dataclass
 class SegmentScan:
     headers: dict[int, bytes]
-    fragments: list[ScannedFragment]  # complete ones, in file order
+    fragments: list[ScannedFragment]  # complete ones (and a salvaged one), in file order
     releases: list[int]
-    clean_length: int  # keep the file up to here; what follows is torn, corrupt or an unfinished fragment
+    clean_length: int  # keep the file up to here; what follows is torn or corrupt (or an unfinished fragment's START
+    #                    with no frame yet)
     error: str | None  # why the scan stopped before the end of the data (None: every record was good)
     max_seq: int  # highest seq named by any good record (also of an unfinished fragment), -1 if none
 
@@ -205,8 +212,16 @@ def scan_segment(data: bytes | bytearray | memoryview) -> SegmentScan:
         pos = end
         if cur is None:
             clean = pos
-    if error is None and cur is not None:
-        error = f"fragment {cur.seq} has no END record (unfinished)"
+    if cur is not None:
+        if error is None:
+            error = f"fragment {cur.seq} has no END record (unfinished)"
+        # Salvage a fragment cut short: every record up to `pos` passed its CRC. Not when its END record disagrees
+        # with its data (that is no torn write, and the writer's view cannot be trusted).
+        if frames > 0 and not error.startswith(f"fragment {cur.seq} does not match"):
+            cur.size, cur.frames, cur.last_ms, cur.crc, cur.salvaged = cur.ends[-1], frames, last_ms, crc, True
+            fragments.append(cur)
+            clean = pos
+            error += f": kept its first {frames} frames"
     return SegmentScan(headers, fragments, releases, clean, error, max_seq)
 
 

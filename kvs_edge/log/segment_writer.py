@@ -140,7 +140,7 @@ class SegmentWriter(FragmentIndex):
             self._headers.update(scan.headers)
             self._next_seq = max(self._next_seq, scan.max_seq + 1, int(name[:20]) + 1)
         released = {s for _, _, _, scan in scans for s in scan.releases}
-        cut = kept = 0
+        cut = kept = salvaged = 0
         now = self._clock()
         for name, p, flen, scan in scans:
             live = [f for f in scan.fragments if f.seq not in released and f.seq not in self._frags]
@@ -166,6 +166,8 @@ class SegmentWriter(FragmentIndex):
                 fr = _Frag(sf.seq, sf.header_id, sf.boot_id, sf.first_ms)
                 fr.last_ms, fr.size, fr.frames, fr.crc = sf.last_ms, sf.size, sf.frames, sf.crc
                 fr.complete = True
+                fr.salvaged = sf.salvaged
+                salvaged += sf.salvaged
                 fr.segment = seg
                 fr.offsets, fr.ends = sf.offsets, sf.ends
                 self._frags[sf.seq] = fr
@@ -176,8 +178,8 @@ class SegmentWriter(FragmentIndex):
             self._header_ids.setdefault(data, hid)
         self._next_header_id = max(self._headers, default=-1) + 1
         if scans:
-            log.info("buffer at %s: %d fragments waiting (%d bytes), %d torn segment tails cut", self._path, kept,
-                     self._disk_bytes, cut)
+            log.info("buffer at %s: %d fragments waiting (%d bytes), %d torn segment tails cut, %d fragments cut "
+                     "short kept with their whole frames", self._path, kept, self._disk_bytes, cut, salvaged)
         if self._disk_bytes > self._max_bytes:
             self._make_room(0)
 

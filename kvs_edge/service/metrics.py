@@ -45,6 +45,15 @@ class Metrics:
         self.capture_to_persisted = Histogram(
             "capture_to_persisted_seconds", "From the capture of a fragment's last frame to PERSISTED",
             namespace=ns, registry=r, buckets=LATENCY_BUCKETS)
+        # upload.mode events/schedule (the status file's "upload" part)
+        self.retained_seconds = Gauge("retained_seconds", "Seconds of video the fragment log holds (the DVR)",
+                                      namespace=ns, registry=r)
+        self.events = Gauge("events", "Triggers recorded since the start (upload.mode events)", namespace=ns,
+                            registry=r)
+        self.bytes_uploaded = Gauge("bytes_uploaded", "Fragment bytes acknowledged since the start (events/schedule)",
+                                    namespace=ns, registry=r)
+        self.bytes_recorded = Gauge("bytes_recorded", "Fragment bytes recorded since the start (events/schedule)",
+                                    namespace=ns, registry=r)
         # several cameras (camera_set.py): the same figures per camera, labelled with its name and stream
         labels = ("camera", "stream")
         self.camera_up = Gauge("camera_up", "1 while this camera delivers frames", labels, namespace=ns, registry=r)
@@ -88,6 +97,12 @@ class Metrics:
         self.camera_ok.set(1 if camera.get("state") == "ok" else 0)
         self.audio_ok.set(1 if (status.get("audio") or {}).get("state") == "ok" else 0)
         self.clock_synced.set(1 if status.get("clock_synced") else 0)
+        upload = status.get("upload") or {}
+        self.retained_seconds.set(upload.get("retained_s") or 0)
+        for gauge, key in ((self.events, "events"), (self.bytes_uploaded, "bytes_uploaded"),
+                           (self.bytes_recorded, "bytes_recorded")):
+            if isinstance(upload.get(key), (int, float)):
+                gauge.set(upload[key])
         for cam in status.get("cameras") or []:
             labels = (str(cam.get("name")), str(cam.get("stream")))
             self.camera_up.labels(*labels).set(1 if cam.get("state") == "ok" else 0)

@@ -150,7 +150,7 @@ def assess(status: dict[str, Any], now: float, *, process_alive: bool | None = N
     frames_flow = camera.get("state") == "ok"
     persisted_age = _num(status.get("last_persisted_age_s"))
     started = _num(status.get("started_at"))
-    if frames_flow and state != "waiting_for_clock":
+    if frames_flow and state not in ("waiting_for_clock", "recording"):  # recording: nothing is meant to upload
         if persisted_age is not None and persisted_age + late > NO_PERSISTED_AFTER_S:
             reasons.append(f"no fragment PERSISTED by KVS for {_span(persisted_age + late)} while frames flow")
         elif persisted_age is None and started is not None and now - started > NO_PERSISTED_AFTER_S:
@@ -206,6 +206,13 @@ def format_human(status: dict[str, Any], now: float, *, process_alive: bool | No
                          f"{cam.get('frames', 0)} frames, {cam.get('connection')}, "
                          f"{cam.get('fragments_persisted', 0)} persisted, "
                          f"backlog {(cam.get('backlog') or {}).get('fragments', 0)} fragments")
+    upload = _section(status, "upload")
+    if upload.get("mode") not in (None, "continuous"):
+        retained = _num(upload.get("retained_s"))
+        lines.append(f"  upload:        {upload['mode']}, {_span(retained) if retained is not None else 'nothing'} "
+                     f"retained, {upload.get('events', 0)} events{' (one active)' if upload.get('event_active') else ''}"
+                     f", {_bytes(upload.get('bytes_uploaded'))} uploaded of {_bytes(upload.get('bytes_recorded'))} "
+                     "recorded")
     if status.get("last_error"):
         lines.append(f"  last error:    {' '.join(str(status['last_error']).split())}")
     lines.extend(f"  ! {reason}" for reason in reasons if not reason.startswith("last error:"))  # shown above

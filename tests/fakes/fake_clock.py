@@ -24,3 +24,18 @@ class FakeClock:
             self.now += step
             self.slept_ns += step
             self.sleeps += 1
+
+
+class ScriptedClock:
+    """A recording clock a test drives by setting `ms`: monotonic_ns() is `ms`, wall_ns() is `ms + wall_offset_ms`
+    (the part of kvs_edge.clock.Clock the upload gate uses)."""
+
+    def __init__(self, ms: int = 0, wall_offset_ms: int = 0) -> None:
+        self.ms = ms
+        self.wall_offset_ms = wall_offset_ms
+
+    def monotonic_ns(self) -> int:
+        return self.ms * 1_000_000
+
+    def wall_ns(self) -> int:
+        return (self.ms + self.wall_offset_ms) * 1_000_000

@@ -1,0 +1,46 @@
+"""The settings of issue 15: upload.mode/schedule/timezone, buffer.retain_seconds, the events section."""
+
+import pytest
+
+from kvs_edge.config import ConfigError, EventsConfig, ScheduleWindow, parse_config
+
+
+def cfg(**sections):
+    data = {"stream": {"name": "cam"}}
+    for k, v in sections.items():
+        data[k] = v
+    return parse_config(data, "c.yaml")
+
+
+def test_defaults_are_continuous_with_no_retention():
+    c = cfg()
+    assert c.upload.mode == "continuous" and c.upload.schedule == () and c.upload.timezone == "UTC"
+    assert c.buffer.retain_seconds is None and c.events == EventsConfig()
+
+
+def test_a_full_events_and_schedule_configuration():
+    c = cfg(upload={"mode": "schedule", "schedule": [{"cron": "0 * * * *", "minutes": 10}],
+                    "timezone": "Europe/Berlin"},
+            buffer={"retain_seconds": 3600},
+            events={"pre_seconds": 10, "post_seconds": 20, "notify": True, "images": True, "motion": True,
+                    "motion_roi": [0.25, 0.5, 0.5, 0.5], "control_socket": "/tmp/x.sock"})
+    assert c.upload.schedule == (ScheduleWindow("0 * * * *", 10),)
+    assert c.events.motion_roi == (0.25, 0.5, 0.5, 0.5) and c.events.notify and c.buffer.retain_seconds == 3600
+
+
+@pytest.mark.parametrize("sections, message", [
+    ({"upload": {"mode": "sometimes"}}, "upload.mode"),
+    ({"upload": {"mode": "schedule"}}, "upload.schedule: required when upload.mode is schedule"),
+    ({"upload": {"schedule": [{"cron": "61 * * * *", "minutes": 5}]}}, "window 1: minute field"),
+    ({"upload": {"schedule": [{"cron": "0 * * * *", "minutes": 0}]}}, "minutes must be a whole number"),
+    ({"upload": {"schedule": "0 * * * *"}}, "expected a list of windows"),
+    ({"upload": {"timezone": "Moon/Base"}}, "unknown time zone"),
+    ({"upload": {"mode": "events"}, "buffer": {"retain_seconds": 3}, "events": {"pre_seconds": 5}},
+     "buffer.retain_seconds: 3 is shorter than events.pre_seconds"),
+    ({"events": {"motion_roi": [0.5, 0.5, 0.8, 0.2]}}, "inside the picture"),
+    ({"events": {"motion_threshold": 0}}, "events.motion_threshold"),
+])
+def test_mistakes_get_one_line_each(sections, message):
+    with pytest.raises(ConfigError) as e:
+        cfg(**sections)
+    assert any(message in m for m in e.value.messages), e.value.messages

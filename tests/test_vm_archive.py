@@ -1,0 +1,58 @@
+"""The VM test bed's frame-sequence check (tests/vm/archive.py): in order, gaps counted in frames, duplicates."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent / "vm"))
+
+from archive import check_sequence  # noqa: E402
+
+CLIP = 300
+MS = 1000 / 15
+
+
+def frames(start_idx, count, t0=1_000_000.0, jitter=()):
+    out = []
+    for k in range(count):
+        j = jitter[k % len(jitter)] if jitter else 0
+        out.append((int(t0 + k * MS + j), (start_idx + k) % CLIP))
+    return out
+
+
+def test_an_unbroken_run_across_the_clip_loop_has_no_gap():
+    rep = check_sequence(frames(250, 200, jitter=(0, 20, -15, 5)), CLIP, MS)
+    assert (rep.frames, rep.lost, rep.gaps, rep.misordered, rep.duplicates) == (200, 0, [], [], 0)
+
+
+def test_a_gap_is_counted_in_clip_frames_including_whole_loops():
+    a = frames(0, 50)
+    # 700 frames later: two whole loops of the clip and 100 frames
+    b = frames((50 + 700) % CLIP, 30, t0=a[-1][0] + 701 * MS)
+    rep = check_sequence(a + b, CLIP, MS)
+    assert [g.lost for g in rep.gaps] == [700]
+    assert rep.lost == 700 and not rep.misordered
+
+
+def test_a_resent_fragment_is_a_duplicate_not_a_gap():
+    a = frames(0, 60)
+    rep = check_sequence(a + a[30:], CLIP, MS)
+    assert rep.duplicates == 30 and rep.frames == 60 and rep.lost == 0
+
+
+def test_a_picture_from_the_future_is_misordered():
+    a = frames(0, 10)
+    swapped = a[:4] + [(a[4][0], a[7][1]), (a[5][0], a[5][1])] + a[6:]
+    rep = check_sequence(swapped, CLIP, MS)
+    assert rep.misordered
+
+
+def test_a_late_camera_loses_nothing():
+    a = frames(0, 10)
+    b = frames(10, 10, t0=a[-1][0] + 40 * MS)  # the next picture arrived 40 frame times later
+    rep = check_sequence(a + b, CLIP, MS)
+    assert rep.lost == 0 and not rep.misordered
+
+
+def test_frames_that_are_not_the_clip_are_counted():
+    rep = check_sequence(frames(0, 5) + [(5_000_000, -1)], CLIP, MS)
+    assert rep.unknown == 1
