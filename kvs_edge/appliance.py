@@ -103,9 +103,9 @@ class Appliance:
     def process_events(self) -> int:
         """The supervisor's thread (the only one that may call it): apply what the muxer and uploader threads
         posted since the last call, in order. Returns how many events were applied."""
-        events = self.pipeline.events.drain()
-        for ev in events:
-            latency = self.pipeline.apply_event(ev)
+        events = self.pipeline.events.drain_stamped()
+        for at, ev in events:
+            latency = self.pipeline.apply_event(ev, at)
             self.link.apply_event(ev)
             if latency is not None and self.on_persisted:
                 self.on_persisted(latency)

@@ -16,6 +16,8 @@ a supervisor that stopped draining would hold a few MB after a day, while a boun
 from __future__ import annotations
 
 import queue
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -27,16 +29,24 @@ class FragmentStarted:
 
 
 class EventQueue:
-    def __init__(self) -> None:
+    """clock: when an event happened is when it was posted, on this clock (the pipeline's), so that what is measured
+    from it (capture -> PERSISTED latency) does not include the wait for the supervisor's next tick."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._clock = clock
 
     def post(self, event: object) -> None:
         """Any thread: hand an event to the supervisor."""
-        self._q.put(event)
+        self._q.put((self._clock(), event))
 
     def drain(self) -> list[object]:
-        """The consuming thread: the events posted before the call, oldest first (bounded: producers that keep
-        posting cannot keep the consumer here)."""
+        """The consuming thread: the events posted before the call, oldest first."""
+        return [event for _, event in self.drain_stamped()]
+
+    def drain_stamped(self) -> list[tuple[float, object]]:
+        """The consuming thread: (posted at, event) for the events posted before the call, oldest first (bounded:
+        producers that keep posting cannot keep the consumer here)."""
         out = []
         for _ in range(self._q.qsize()):
             try:

@@ -89,7 +89,7 @@ class Pipeline:
         self._dropping = False
         self._stop = threading.Event()
         self.recorder = Recorder(frag_log, tags)  # tags: FragmentTags, the static ones of the `metadata:` block
-        self.events = EventQueue()  # muxer and uploader threads -> the supervisor's thread
+        self.events = EventQueue(self.clock)  # muxer and uploader threads -> the supervisor's thread
         # seq -> capture ms of its first frame, for the latency figure: only the thread that drains `events` touches it
         self._capture_ms: dict[int, int] = {}
         self._threads: list[threading.Thread] = []
@@ -237,25 +237,26 @@ class Pipeline:
                 log.warning("%s (%d so far)", ev.message, n[ev.kind])
 
     # -- events from the muxer and uploader threads (the thread that drains `events` only) ------------------------
-    def apply_event(self, ev) -> float | None:
-        """Apply one event taken from `events`; returns the capture -> PERSISTED latency in seconds when `ev` is a
-        FragmentPersisted for a fragment this process captured (and still remembers), else None."""
+    def apply_event(self, ev, at: float | None = None) -> float | None:
+        """Apply one event taken from `events` (posted at `at` on this pipeline's clock; None: now); returns the
+        capture -> PERSISTED latency in seconds when `ev` is a FragmentPersisted for a fragment this process captured
+        (and still remembers), else None."""
         self.counters.events_applied += 1
         if isinstance(ev, FragmentStarted):
             self._capture_ms[ev.seq] = ev.capture_ms
             if len(self._capture_ms) > CAPTURE_TIMES_KEPT:  # a long outage: forget the oldest
                 del self._capture_ms[next(iter(self._capture_ms))]
         elif isinstance(ev, FragmentPersisted):
-            return self.fragment_persisted(ev.seq)
+            return self.fragment_persisted(ev.seq, at)
         elif isinstance(ev, FragmentSkipped):
             self.counters.fragments_skipped += 1
         return None
 
-    def fragment_persisted(self, seq: int) -> float | None:
-        """Count an acknowledged fragment; returns its capture -> PERSISTED latency in seconds (first frame), when
-        it was captured by this process."""
+    def fragment_persisted(self, seq: int, at: float | None = None) -> float | None:
+        """Count an acknowledged fragment (acknowledged at `at` on this pipeline's clock; None: now); returns its
+        capture -> PERSISTED latency in seconds (first frame), when it was captured by this process."""
         c = self.counters
-        now = self.clock()
+        now = self.clock() if at is None else at
         c.fragments_persisted += 1
         c.last_persisted_mono = now
         first_ms = self._capture_ms.pop(seq, None)

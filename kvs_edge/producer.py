@@ -355,8 +355,8 @@ class Producer:
         self._process_events()
 
     def _process_events(self) -> None:
-        for ev in self.pipeline.events.drain():
-            self.pipeline.apply_event(ev)
+        for at, ev in self.pipeline.events.drain_stamped():
+            self.pipeline.apply_event(ev, at)
             self.link.apply_event(ev)
             if isinstance(ev, FragmentSkipped):
                 self._skipped.append(ev.seq)

@@ -189,3 +189,19 @@ def test_apply_event_counts_skips_and_keeps_a_bounded_number_of_capture_times(tm
     c = pipe.counters
     assert (c.fragments_persisted, c.fragments_skipped, list(c.latencies)) == (3, 1, [pytest.approx(89.0)])
     pipe.fragment_log.close()
+
+
+def test_latency_is_measured_when_the_ack_was_posted_not_when_the_supervisor_drains(tmp_path):
+    """The supervisor drains every 0.5 s: a PERSISTED posted at t and applied at t + 0.4 still has the latency of t."""
+    clock = FakeClock(100.0)
+    pipe = Pipeline(source=NoSource(), frag_log=FragmentLog(tmp_path / "log", 16 << 20), fragment_seconds=2,
+                    clock=clock)
+    pipe.events.post(FragmentStarted(1, 97_000))
+    clock.now += 1.0
+    pipe.events.post(FragmentPersisted(1, 0, 0.0))  # acknowledged at 101.0
+    clock.now += 0.4  # the supervisor's next tick
+    applied = [pipe.apply_event(ev, at) for at, ev in pipe.events.drain_stamped()]
+    assert applied == [None, pytest.approx(101.0 - 97.0)]
+    assert pipe.apply_event(FragmentStarted(2, 100_000)) is None
+    assert pipe.apply_event(FragmentPersisted(2, 0, 0.0)) == pytest.approx(101.4 - 100.0)  # no stamp: now
+    pipe.fragment_log.close()
