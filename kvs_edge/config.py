@@ -880,6 +880,7 @@ def parse_config(data: Any, source_name: str, base_dir: str | None = None) -> Co
     metadata = _parse_metadata(data.get("metadata"), err)
     _cross_checks(values, iot_given, err, cameras=CAMERAS in data)
     _events_checks(values, err)
+    _tag_room_check(metadata, values, cameras, err)
     if base_dir is not None:
         _resolve_paths(values, base_dir)
         for cam in cameras or []:
@@ -1178,6 +1179,30 @@ def _events_checks(v: dict[str, dict[str, Any]], err: _Errors) -> None:
     if mode == "events" and retain is not None and retain < pre:
         err("buffer.retain_seconds", f"{_num(retain)} is shorter than events.pre_seconds ({_num(pre)}): an event "
                                      "could not reach back that far; make it at least as long")
+
+
+def _tag_room_check(metadata: MetadataConfig, v: dict[str, dict[str, Any]], cameras: list[dict[str, Any]] | None,
+                    err: _Errors) -> None:
+    """docs/kvs-putmedia.md section 3: "at most 10 metadata tags" per fragment (more is error 4009: the fragment is
+    lost). In events mode an uploaded fragment carries the `metadata:` tags and the event's (media/event_tags.py)."""
+    from kvs_edge.media.event_tags import EVENT_TAG, IMAGE_GENERATION, NOTIFICATION, event_tag_count
+    from kvs_edge.media.mkv import MAX_TAGS_PER_FRAGMENT
+
+    modes = [c["upload"].get("mode", UploadConfig.mode) for c in cameras] if cameras else \
+        [v["upload"].get("mode", UploadConfig.mode)]
+    if "events" not in modes or not metadata.tags:
+        return
+    notify = v["events"].get("notify", EventsConfig.notify)
+    images = v["events"].get("images", EventsConfig.images)
+    added = event_tag_count(notify=notify, images=images)
+    if len(metadata.tags) + added <= MAX_TAGS_PER_FRAGMENT:
+        return
+    names = [f"{n} with {EVENT_TAG}" for n in [NOTIFICATION] * notify + [IMAGE_GENERATION] * images] or [EVENT_TAG]
+    err("metadata", f"{len(metadata.tags)} tags ({', '.join(n for n, _ in metadata.tags)}) plus the event's "
+                    f"{added} ({', '.join(names)}) make {len(metadata.tags) + added} on an event's fragment; KVS takes "
+                    f"at most {MAX_TAGS_PER_FRAGMENT} (error 4009 loses the fragment): remove "
+                    f"{len(metadata.tags) + added - MAX_TAGS_PER_FRAGMENT} from metadata: or turn off events.images/"
+                    f"events.notify")
 
 
 def _resolve_paths(v: dict[str, dict[str, Any]], base_dir: str, *, only_source: bool = False) -> None:
