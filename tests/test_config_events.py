@@ -69,3 +69,12 @@ def test_a_camera_in_events_mode_brings_the_tag_check():
                                   {"name": "b", "stream": {"name": "b"}, "source": {"type": "testpattern"},
                                    "upload": {"mode": "events"}}],
                       "events": {"images": True}, "metadata": nine}, "c.yaml")
+
+
+def test_a_cameras_own_events_images_count_against_the_metadata_tags():
+    nine = {f"k{i}": "v" for i in range(9)}
+    cams = [{"name": "a", "stream": {"name": "a"}, "source": {"type": "testpattern"}, "upload": {"mode": "events"}}]
+    assert len(parse_config({"cameras": cams, "metadata": nine}, "c.yaml").metadata.tags) == 9
+    cams[0]["events"] = {"images": True}
+    with pytest.raises(ConfigError, match="metadata: 9 tags .* plus the event's 2"):
+        parse_config({"cameras": cams, "metadata": nine}, "c.yaml")
