@@ -1185,7 +1185,8 @@ def _events_checks(v: dict[str, dict[str, Any]], err: _Errors, prefix: str = "")
     mode = v["upload"].get("mode", UploadConfig.mode)
     if mode == "schedule" and not v["upload"].get("schedule") and not err.about(f"{prefix}upload.schedule") \
             and not err.about("upload.schedule"):
-        err(f"{prefix}upload.schedule", 'required when upload.mode is schedule, like [{cron: "0 * * * *", minutes: 10}]')
+        err(f"{prefix}upload.schedule",
+            'required when upload.mode is schedule, like [{cron: "0 * * * *", minutes: 10}]')
     retain = v["buffer"].get("retain_seconds")
     pre = v["events"].get("pre_seconds", EventsConfig.pre_seconds)
     if mode == "events" and retain is not None and retain < pre:
@@ -1201,8 +1202,9 @@ def _tag_room_check(metadata: MetadataConfig, v: dict[str, dict[str, Any]], came
     from kvs_edge.media.mkv import MAX_TAGS_PER_FRAGMENT
 
     units = [(c["upload"], c["events"]) for c in cameras if "events" in c] if cameras else [(v["upload"], v["events"])]
-    counts = [(event_tag_count(notify=e.get("notify", EventsConfig.notify), images=e.get("images", EventsConfig.images)),
-               e) for u, e in units if u.get("mode", UploadConfig.mode) == "events"]
+    counts = [(event_tag_count(notify=e.get("notify", EventsConfig.notify),
+                               images=e.get("images", EventsConfig.images)), e)
+              for u, e in units if u.get("mode", UploadConfig.mode) == "events"]
     if not counts or not metadata.tags:
         return
     added, events = max(counts, key=lambda c: c[0])

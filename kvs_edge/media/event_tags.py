@@ -26,7 +26,8 @@ than the room left: the image tag goes first, then the notification, the user ta
 from __future__ import annotations
 
 from kvs_edge.media.fragment_tags import check_tag, tag_element
-from kvs_edge.media.mkv import MAX_TAGS_PER_FRAGMENT, SIMPLE_TAG, TAG, TAG_NAME, TAG_STRING, TAGS, element, string_element
+from kvs_edge.media.mkv import (MAX_TAGS_PER_FRAGMENT, SIMPLE_TAG, TAG, TAG_NAME, TAG_STRING, TAGS, element,
+                                string_element)
 
 EVENT_TAG = "kvs-edge.event"
 NOTIFICATION = "AWS_KINESISVIDEO_NOTIFICATION"

@@ -5,7 +5,8 @@ Picamera2.load_tuning_file(tuning_file, dir=None), create_video_configuration(ma
 transform=libcamera.Transform(), colour_space=None, buffer_count=6, controls={}, display="main", encode="main",
 queue=True) (lores: YUV420 at the main size unless given, as the real one), configure(camera_config) (lores no bigger
 than main: "lores stream dimensions may not exceed main stream"), post_callback (called with each request on the
-camera thread before the encoder; request.make_array("lores") is H*3/2 rows of a 64-aligned stride, as on a Pi), start_recording(encoder, output, pts=None, config=None, quality=None, name=None),
+camera thread before the encoder; request.make_array("lores") is H*3/2 rows of a 64-aligned stride, as on a Pi),
+start_recording(encoder, output, pts=None, config=None, quality=None, name=None),
 stop_recording(), start(), stop(), close().
 
 The camera is a thread that makes a moving picture at the configured FrameRate, stamps each frame with the
