@@ -41,11 +41,12 @@ def split_budget(total: int, shares: list[float]) -> list[int]:
 
 
 def camera_config(cfg: Config, cam: CameraConfig, max_bytes: int) -> Config:
-    """The Config of one camera's unit: its stream, source and upload, its log folder and its share of the buffer."""
+    """The Config of one camera's unit: its stream, source, upload and events, its log folder and its share of the
+    buffer."""
     buffer = dataclasses.replace(cfg.buffer, path=str(Path(cfg.buffer.path) / "cameras" / cam.label),
                                  max_bytes=max_bytes)
-    return dataclasses.replace(cfg, stream=cam.stream, source=cam.source, upload=cam.upload, buffer=buffer,
-                               cameras=(cam,))
+    return dataclasses.replace(cfg, stream=cam.stream, source=cam.source, upload=cam.upload, events=cam.events,
+                               buffer=buffer, cameras=(cam,))
 
 
 class CameraUnit:

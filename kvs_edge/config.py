@@ -192,7 +192,7 @@ class LogConfig:
 @dataclass(frozen=True)
 class CameraConfig:
     """One entry of `cameras:` (issue 16): its own stream and source; `share` is its weight in the split of
-    buffer.max_bytes (equal by default); `upload` its own upload settings (the top-level ones by default)."""
+    buffer.max_bytes (equal by default); `upload` and `events` its own settings (laid over the top-level ones)."""
 
     name: str | None
     stream: StreamConfig
@@ -200,6 +200,7 @@ class CameraConfig:
     share: float = 1.0
     upload: UploadConfig = field(default_factory=UploadConfig)
     index: int = 0
+    events: EventsConfig = field(default_factory=EventsConfig)
 
     @property
     def label(self) -> str:
@@ -880,6 +881,7 @@ def parse_config(data: Any, source_name: str, base_dir: str | None = None) -> Co
     metadata = _parse_metadata(data.get("metadata"), err)
     _cross_checks(values, iot_given, err, cameras=CAMERAS in data)
     _events_checks(values, err)
+    _tag_room_check(metadata, values, cameras, err)
     if base_dir is not None:
         _resolve_paths(values, base_dir)
         for cam in cameras or []:
@@ -898,10 +900,12 @@ def parse_config(data: Any, source_name: str, base_dir: str | None = None) -> Co
     if cameras:
         entries = tuple(CameraConfig(name=c["name"], stream=StreamConfig(**c["stream"]),
                                      source=SourceConfig(**c["source"]), share=c["share"],
-                                     upload=UploadConfig(**c["upload"]), index=i) for i, c in enumerate(cameras))
+                                     upload=UploadConfig(**c["upload"]), index=i, events=EventsConfig(**c["events"]))
+                        for i, c in enumerate(cameras))
     else:  # the single-camera form: one entry, made of the top-level stream, source and upload
         entries = (CameraConfig(name=None, stream=StreamConfig(**values["stream"]),
-                                source=SourceConfig(**values["source"]), upload=upload),)
+                                source=SourceConfig(**values["source"]), upload=upload,
+                                events=EventsConfig(**values["events"])),)
     return Config(
         stream=entries[0].stream,
         aws=AwsConfig(**aws),
@@ -947,7 +951,7 @@ def _parse_metadata(raw: Any, err: _Errors) -> MetadataConfig:
 # once; its source is its own (a top-level source: is then an error: which camera would it be?).
 
 CAMERAS = "cameras"
-CAMERA_KEYS = ("name", "stream", "source", "buffer", "upload")
+CAMERA_KEYS = ("name", "stream", "source", "buffer", "upload", "events")
 _CAMERA_NAME = re.compile(r"^[a-zA-Z0-9_.-]{1,64}$")
 
 
@@ -999,6 +1003,14 @@ def _parse_cameras(raw: Any, values: dict[str, dict[str, Any]], err: _Errors) ->
         _check_source(cam["source"], f"{at}.source", err)
         cam["upload"] = values["upload"] | _parse_section(entry.get("upload"), f"{at}.upload", UploadConfig, err,
                                                           kind="upload")
+        own_events = _parse_section(entry.get("events"), f"{at}.events", EventsConfig, err, kind="events")
+        if "control_socket" in own_events:  # the trigger command finds a camera's socket from the top-level path
+            err(f"{at}.events.control_socket", "set once, at the top level (events.control_socket); each camera "
+                                               "listens on control.<name>.sock next to it")
+        cam["events"] = values["events"] | own_events
+        if "events" in entry or "upload" in entry:  # the top-level sections alone are checked once, below
+            _events_checks({"upload": cam["upload"], "buffer": values["buffer"], "events": cam["events"]}, err,
+                           prefix=f"{at}.")
         buffer = entry.get("buffer")
         if buffer is not None:
             if not isinstance(buffer, dict) or set(map(str, buffer)) - {"share"}:
@@ -1169,15 +1181,43 @@ def _check_source(source: dict[str, Any], at: str, err: _Errors) -> None:
         err(f"{at}.audio.device", f"{_show(audio.device)}: {at}.type {stype} brings its own sound; set it to auto")
 
 
-def _events_checks(v: dict[str, dict[str, Any]], err: _Errors) -> None:
+def _events_checks(v: dict[str, dict[str, Any]], err: _Errors, prefix: str = "") -> None:
     mode = v["upload"].get("mode", UploadConfig.mode)
-    if mode == "schedule" and not v["upload"].get("schedule") and not err.about("upload.schedule"):
-        err("upload.schedule", 'required when upload.mode is schedule, like [{cron: "0 * * * *", minutes: 10}]')
+    if mode == "schedule" and not v["upload"].get("schedule") and not err.about(f"{prefix}upload.schedule") \
+            and not err.about("upload.schedule"):
+        err(f"{prefix}upload.schedule",
+            'required when upload.mode is schedule, like [{cron: "0 * * * *", minutes: 10}]')
     retain = v["buffer"].get("retain_seconds")
     pre = v["events"].get("pre_seconds", EventsConfig.pre_seconds)
     if mode == "events" and retain is not None and retain < pre:
-        err("buffer.retain_seconds", f"{_num(retain)} is shorter than events.pre_seconds ({_num(pre)}): an event "
-                                     "could not reach back that far; make it at least as long")
+        err("buffer.retain_seconds", f"{_num(retain)} is shorter than {prefix}events.pre_seconds ({_num(pre)}): an "
+                                     "event could not reach back that far; make it at least as long")
+
+
+def _tag_room_check(metadata: MetadataConfig, v: dict[str, dict[str, Any]], cameras: list[dict[str, Any]] | None,
+                    err: _Errors) -> None:
+    """docs/kvs-putmedia.md section 3: "at most 10 metadata tags" per fragment (more is error 4009: the fragment is
+    lost). In events mode an uploaded fragment carries the `metadata:` tags and the event's (media/event_tags.py)."""
+    from kvs_edge.media.event_tags import EVENT_TAG, IMAGE_GENERATION, NOTIFICATION, event_tag_count
+    from kvs_edge.media.mkv import MAX_TAGS_PER_FRAGMENT
+
+    units = [(c["upload"], c["events"]) for c in cameras if "events" in c] if cameras else [(v["upload"], v["events"])]
+    counts = [(event_tag_count(notify=e.get("notify", EventsConfig.notify),
+                               images=e.get("images", EventsConfig.images)), e)
+              for u, e in units if u.get("mode", UploadConfig.mode) == "events"]
+    if not counts or not metadata.tags:
+        return
+    added, events = max(counts, key=lambda c: c[0])
+    notify = events.get("notify", EventsConfig.notify)
+    images = events.get("images", EventsConfig.images)
+    if len(metadata.tags) + added <= MAX_TAGS_PER_FRAGMENT:
+        return
+    names = [f"{n} with {EVENT_TAG}" for n in [NOTIFICATION] * notify + [IMAGE_GENERATION] * images] or [EVENT_TAG]
+    err("metadata", f"{len(metadata.tags)} tags ({', '.join(n for n, _ in metadata.tags)}) plus the event's "
+                    f"{added} ({', '.join(names)}) make {len(metadata.tags) + added} on an event's fragment; KVS takes "
+                    f"at most {MAX_TAGS_PER_FRAGMENT} (error 4009 loses the fragment): remove "
+                    f"{len(metadata.tags) + added - MAX_TAGS_PER_FRAGMENT} from metadata: or turn off events.images/"
+                    f"events.notify")
 
 
 def _resolve_paths(v: dict[str, dict[str, Any]], base_dir: str, *, only_source: bool = False) -> None:

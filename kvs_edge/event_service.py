@@ -4,9 +4,11 @@
 Otherwise it holds:
     gate      UploadGate over the appliance's fragment log; the uploader reads through it
     control   ControlServer on events.control_socket: `trigger` (-> gate.trigger) and `status`
-    motion    (events.motion) a tap on the pipeline's emit: key frames go to a one-slot queue (dropped when the
-              detector is busy, never blocking the camera), the detector thread decodes them and, at most
-              events.motion_fps times a second, compares; each motion triggers the gate ("motion")
+    motion    (events.motion) pictures go to a one-slot queue (dropped when the detector is busy, never blocking the
+              camera) and the detector thread compares them at most events.motion_fps times a second; each motion
+              triggers the gate ("motion"). On the Pi camera the pictures are the luma of Picamera2's lores stream
+              (sources/picamera.py `want_lores`, at motion_fps); for other sources, or a camera that refused the
+              lores stream, a tap on the pipeline's emit queues key frames and the detector thread decodes them
 `upload_status()` is the "upload" part of the status file.
 """
 
@@ -62,10 +64,20 @@ def build_gate(cfg, frag_log, timebase, folder) -> UploadGate | None:
                       other_boot_ms=other_boot_ms, folder=folder)
 
 
-class MotionTap:
-    """Key frames from the pipeline's emit -> the motion detector on its own thread -> gate.trigger("motion")."""
+class _Luma:
+    """A lores picture from the camera thread: Y plane (uint8 H x W) and its SensorTimestamp."""
 
-    def __init__(self, cfg, gate: UploadGate) -> None:
+    __slots__ = ("luma", "timestamp_ns")
+
+    def __init__(self, luma, timestamp_ns: int) -> None:
+        self.luma, self.timestamp_ns = luma, timestamp_ns
+
+
+class MotionTap:
+    """Lores pictures from the camera (or key frames from the pipeline's emit) -> the motion detector on its own
+    thread -> gate.trigger("motion")."""
+
+    def __init__(self, cfg, gate: UploadGate, source=None) -> None:
         from kvs_edge.motion import MotionDetector
         e = cfg.events
         self.detector = MotionDetector(threshold=e.motion_threshold, area=e.motion_area,
@@ -78,11 +90,23 @@ class MotionTap:
         self._last_fed = -1e18
         self.dropped = 0
         self.compared = 0
+        self.lores = False  # pictures come from the camera's lores stream: key frames are not decoded
+        want_lores = getattr(source, "want_lores", None)
+        if want_lores is not None:
+            want_lores(self.feed_luma, e.motion_fps)
+
+    def feed_luma(self, luma, timestamp_ns: int) -> None:
+        """The camera's lores luma (on the camera thread): queued for the detector, never blocking."""
+        self.lores = True
+        try:
+            self._queue.put_nowait(_Luma(luma, timestamp_ns))
+        except queue.Full:
+            self.dropped += 1
 
     def wrap(self, emit):
         def tapped(frame) -> None:
             emit(frame)
-            if frame.key:
+            if frame.key and not self.lores:
                 try:
                     self._queue.put_nowait(frame)
                 except queue.Full:
@@ -107,10 +131,10 @@ class MotionTap:
             except queue.Empty:
                 continue
             t = frame.timestamp_ns / 1e9
-            if t - self._last_fed < self.interval_s:
+            if t - self._last_fed < self.interval_s and not isinstance(frame, _Luma):  # the camera paces lores
                 continue
             try:
-                pic = luma.decode(frame.data)
+                pic = frame.luma if isinstance(frame, _Luma) else luma.decode(frame.data)
                 if pic is None:
                     continue
                 self._last_fed = t
@@ -131,7 +155,7 @@ class EventService:
         self.motion: MotionTap | None = None
         self._started_at = time.time()
         if app.cfg.events.motion:
-            self.motion = MotionTap(app.cfg, gate)
+            self.motion = MotionTap(app.cfg, gate, app.source)
             app.pipeline.emit = self.motion.wrap(app.pipeline.emit)
 
     @classmethod

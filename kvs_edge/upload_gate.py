@@ -28,13 +28,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
-from kvs_edge.media.event_tags import fragment_tags
+from kvs_edge.media.event_tags import event_tag_count, fragment_tags
+from kvs_edge.media.fragment_tags import count_tags
+from kvs_edge.log import FragmentGone
+from kvs_edge.media.mkv import MAX_TAG_NAME_BYTES, MAX_TAG_VALUE_BYTES, MAX_TAGS_PER_FRAGMENT
 from kvs_edge.schedule import Window, window_open
 from kvs_edge.upload_policy import Decision, Mode, Trigger, decide, event_for, forget_before, merge
 
 log = logging.getLogger("kvs_edge.upload_gate")
 
 EVENTS_FILE = "events.jsonl"
+# the most bytes 10 tags can take at a fragment's start (name and value at their limits, element heads generous)
+_TAGS_HEAD_BYTES = MAX_TAGS_PER_FRAGMENT * (MAX_TAG_NAME_BYTES + MAX_TAG_VALUE_BYTES + 64)
 UPLOADED_FILE = "uploaded"  # seqs acknowledged by KVS and kept in the log for the DVR, one per line
 
 
@@ -273,7 +278,26 @@ class UploadGate:
         # the service's one-shot tags go on the fragment the first trigger falls in (the first one ending after it),
         # and again on that same fragment if it is resent
         first = span[1] >= ev.first_ms and self._notified.setdefault(ev.first_ms, info.seq) == info.seq
-        return fragment_tags(ev.label, first=first, notify=self.notify, images=self.images)
+        # docs/kvs-putmedia.md section 3: "at most 10 metadata tags" per fragment, counting the ones the recorder
+        # already wrote at the fragment's start (the `metadata:` block): the event's tags take only the room left
+        room = MAX_TAGS_PER_FRAGMENT - self._tags_in(info.seq)
+        out = fragment_tags(ev.label, first=first, notify=self.notify, images=self.images, room=room)
+        if room < event_tag_count(notify=first and self.notify, images=first and self.images):
+            log.warning("fragment %d already has %d metadata tags: its event tags were cut to fit KVS's %d per "
+                        "fragment; put fewer tags under metadata:", info.seq, MAX_TAGS_PER_FRAGMENT - room,
+                        MAX_TAGS_PER_FRAGMENT)
+        return out
+
+    def _tags_in(self, seq: int) -> int:
+        """How many tags fragment `seq` starts with in the log (written by the recorder before its cluster)."""
+        try:
+            head, _ = self.log.read(seq, 0, _TAGS_HEAD_BYTES, timeout=0)
+        except (FragmentGone, ValueError):
+            return 0
+        try:
+            return count_tags(head)
+        except ValueError:  # broken tags: the session skips such a fragment itself (putmedia.py)
+            return 0
 
     def release(self, seq: int) -> None:
         """The uploader got `seq` acknowledged: never offer it again; the log keeps it for the DVR."""

@@ -216,3 +216,51 @@ def test_every_camera_failed_for_the_stall_limit_fails_the_process(emulator, tmp
         cams.stop()
     assert str(failure).startswith("every camera failed for 3 s (camera a (stream a): ")
     assert failure.exit_code == 1
+
+
+@pytest.mark.timeout(300)
+def test_each_camera_has_its_own_events_settings(emulator, tmp_path):
+    """A `cameras:` entry's `events:` is laid over the top-level one and applied to that camera only: "door" uploads
+    only around its trigger (its own pre/post seconds and notify), "yard" in continuous mode uploads everything."""
+    from kvs_edge.event_service import control_socket_for
+    from kvs_edge.media.event_tags import EVENT_TAG, NOTIFICATION
+    from kvs_edge.service.control_socket import request
+
+    sock = str(tmp_path / "control.sock")
+    data = config_dict(emulator, tmp_path / "buf", events={"control_socket": sock})
+    data.pop("source")
+    data["stream"].pop("name")
+    data["stream"]["create"] = True
+    data["cameras"] = [
+        {"name": "door", "stream": {"name": "door"}, "source": TESTPATTERN, "upload": {"mode": "events"},
+         "events": {"pre_seconds": 1, "post_seconds": 1, "notify": True}},
+        {"name": "yard", "stream": {"name": "yard"}, "source": TESTPATTERN},
+    ]
+    cfg = parse_config(data, "<test>")
+    assert [(c.events.pre_seconds, c.events.notify) for c in cfg.cameras] == [(1, True), (5.0, False)]
+    cams = CameraSet(cfg)
+    cams.start()
+    try:
+        wait_until(lambda: cams.process_events() >= 0 and all(a.source.frames > 60 for a in cams.running()), 60,
+                   "both cameras to record 4 s")
+        door, yard = (u.app for u in cams.units)
+        assert yard.events is None and door.events.gate.pre_ms == 1000 and door.events.gate.post_ms == 1000
+        answer = request(control_socket_for(sock, "door"), {"cmd": "trigger", "seconds": 0, "label": "bell"})
+        assert answer.get("ok"), answer
+        at = door.source.frames
+        wait_until(lambda: cams.process_events() >= 0 and door.source.frames > at + 75, 60, "5 s more")
+        for app in cams.running():
+            app.pipeline.stop_capture()
+        wait_until(lambda: cams.process_events() >= 0 and emulator.archive("door") and door.events.gate.paused(), 60,
+                   "the event to be uploaded")
+        wait_until(lambda: cams.process_events() >= 0 and len(emulator.archive("yard")) >= 8, 60, "yard's upload")
+    finally:
+        cams.stop()
+    door_frags, yard_frags = emulator.archive("door"), emulator.archive("yard")
+    # door: the event only (trigger +- 1 s, 1-s fragments: about 3, +- one at each edge), each tagged
+    assert 2 <= len(door_frags) <= 5, [e.producer_ts_ms for e in door_frags]
+    assert all(f"{EVENT_TAG}=bell" in e.tags for e in door_frags)
+    assert sum(f"{NOTIFICATION}=" in e.tags for e in door_frags) == 1
+    # yard: continuous, everything, no event tags
+    assert len(yard_frags) >= 8 and not any(t.startswith(EVENT_TAG) for e in yard_frags for t in e.tags)
+

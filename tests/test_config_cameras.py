@@ -49,7 +49,7 @@ def test_errors_are_named_per_camera(tmp_path):
         "stream: give each camera its own",
         "f: cameras[1].source.uri: required when cameras[1].source.type is rtsp (like rtsp://192.168.1.20:554/stream1)",
         "f: cameras[1].buffer.share: 0 is out of range (0.01 to 1000)",
-        "f: cameras[2].zoom: unknown key (valid keys here: name, stream, source, buffer, upload)",
+        "f: cameras[2].zoom: unknown key (valid keys here: name, stream, source, buffer, upload, events)",
         "f: cameras[2].stream.name: missing; each camera streams to its own Kinesis video stream (placeholders like "
         "{hostname}-{camera} make one file fit every device)",
         "f: cameras[2].source.fsp: unknown key, did you mean cameras[2].source.fps?",
@@ -106,3 +106,28 @@ def test_cameras_share_one_region():
                                  {"stream": {"name": "b", "region": "eu-west-1"}, "source": {"type": "testpattern"}}]}) \
         == ["f: cameras[1].stream.region: eu-west-1 differs from cameras[0]'s us-east-1: the cameras of one device "
             "stream to one region (set stream.region once)"]
+
+
+def test_a_camera_has_its_own_events_laid_over_the_top_level_ones():
+    c = parse_config({"events": {"pre_seconds": 8, "motion": True, "control_socket": "/run/x/c.sock"},
+                      "cameras": [{"name": "a", "stream": {"name": "a"}, "source": {"type": "testpattern"},
+                                   "events": {"pre_seconds": 2, "motion_roi": [0, 0, 0.5, 0.5]}},
+                                  {"name": "b", "stream": {"name": "b"}, "source": {"type": "testpattern"}}]}, "f")
+    a, b = c.cameras
+    assert (a.events.pre_seconds, a.events.motion, a.events.motion_roi) == (2, True, (0, 0, 0.5, 0.5))
+    assert (b.events.pre_seconds, b.events.motion, b.events.motion_roi) == (8, True, None)
+    assert a.events.control_socket == b.events.control_socket == "/run/x/c.sock"
+
+
+def test_a_cameras_events_mistakes_are_named_with_the_camera():
+    with pytest.raises(ConfigError) as e:
+        parse_config({"buffer": {"retain_seconds": 3},
+                      "cameras": [{"name": "a", "stream": {"name": "a"}, "source": {"type": "testpattern"},
+                                   "upload": {"mode": "events"},
+                                   "events": {"pre_seconds": 9, "control_socket": "/tmp/a.sock", "sensitivity": 3,
+                                              "motion_threshold": 0}}]}, "f")
+    got = e.value.messages
+    assert any(m.startswith("f: cameras[0].events.control_socket: set once, at the top level") for m in got), got
+    assert any(m.startswith("f: cameras[0].events.sensitivity: unknown key") for m in got), got
+    assert any(m.startswith("f: cameras[0].events.motion_threshold") for m in got), got
+    assert any("shorter than cameras[0].events.pre_seconds (9)" in m for m in got), got

@@ -18,6 +18,7 @@ from kvs_edge.emulator import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY
 from kvs_edge.kvs.control import ControlPlane, DataEndpoint
 from kvs_edge.kvs.uploader import Uploader
 from kvs_edge.log.fragment_log import FragmentLog
+from kvs_edge.media.fragment_tags import FragmentTags
 from kvs_edge.media.event_tags import EVENT_TAG, IMAGE_GENERATION, NOTIFICATION
 from kvs_edge.media.fragmenter import Fragmenter
 from kvs_edge.recorder import Recorder
@@ -55,10 +56,11 @@ class Rig:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.uploader.run, args=(self.stop,), daemon=True)
 
-    def record(self, video, at=None, pace_s=0.008):
-        """Write the video frame by frame on the scripted clock; at: {second: callable} run when reached."""
+    def record(self, video, at=None, pace_s=0.008, tags=None):
+        """Write the video frame by frame on the scripted clock; at: {second: callable} run when reached; tags: the
+        recorder's static fragment tags (the `metadata:` block)."""
         at = dict(at or {})
-        fragmenter, recorder = Fragmenter(target_ms=1000), Recorder(self.log)
+        fragmenter, recorder = Fragmenter(target_ms=1000), Recorder(self.log, tags)
         for i, unit in enumerate(video.units):
             ms = self.start_ms + i * 1000 // FPS
             self.clock.ms = ms
@@ -120,6 +122,29 @@ def test_events_mode_uploads_pre_to_post_of_one_trigger_and_nothing_else(tmp_pat
     reopened.close()
     assert [e.label for e in read_events(rig.folder)] == ["door"]
     assert rig.gate.stats.bytes_uploaded < rig.gate.stats.bytes_recorded / 3
+
+
+def test_event_tags_take_only_the_room_the_static_tags_leave(tmp_path, emulator, video):
+    """8 `metadata:` tags in the log + an event's notification and image tags (4) would be 12: error 4009 and the
+    fragment lost. The gate cuts the event's tags to the 2 left: every fragment arrives, the first with its
+    notification, none with more than 10 tags."""
+    rig = Rig(tmp_path, emulator, mode=Mode.EVENTS, pre_seconds=2, post_seconds=2, retain_seconds=None,
+              notify=True, images=True)
+    static = {f"site{i}": f"v{i}" for i in range(8)}
+    rig.thread.start()
+    try:
+        rig.record(video, at={20: lambda: rig.gate.trigger("door")}, tags=FragmentTags(static))
+        rig.settle()
+    finally:
+        rig.close()
+    got = rig.received_seconds()
+    assert got and 17 <= got[0] <= 18 and 22 <= got[-1] <= 24, got
+    assert got == [float(s) for s in range(int(got[0]), int(got[-1]) + 1)], "a fragment was lost (4009?)"
+    entries = rig.emu.archive(STREAM)
+    assert all(len(e.tags) <= 10 and "site7=v7" in e.tags and f"{EVENT_TAG}=door" in e.tags for e in entries)
+    notified = [e for e in entries if f"{NOTIFICATION}=" in e.tags]
+    assert len(notified) == 1 and len(notified[0].tags) == 10
+    assert not any(f"{IMAGE_GENERATION}=" in e.tags for e in entries)
 
 
 def test_events_mode_without_a_trigger_opens_no_connection_and_expires_by_retention(tmp_path, emulator, video):

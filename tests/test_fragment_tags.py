@@ -121,3 +121,32 @@ def test_the_appliance_writes_the_metadata_block_on_every_fragment(tmp_path):
     assert len(session.clusters) >= 2
     for c in session.clusters:
         assert [t for group in c.tags_before for t in group] == [("site", "berlin-3"), ("serial", "A1234")]
+
+
+def test_count_tags_counts_simple_tags_as_the_emulator_does_and_stops_at_the_cluster():
+    from kvs_edge.media.event_tags import fragment_tags
+    from kvs_edge.media.fragment_tags import count_tags
+
+    book = FragmentTags({"a": "1", "b": "2", "c": "3"})
+    head = book.take()
+    cluster = mkv.element(mkv.CLUSTER, b"\x00" * 8)
+    assert count_tags(head + cluster) == 3 and count_tags(cluster) == 0 and count_tags(head[:-1]) == 2
+    both = fragment_tags("door", first=True, notify=True, images=True)
+    assert count_tags(both + head) == 7  # each service Tag holds its SimpleTag and the user pair
+
+
+@pytest.mark.parametrize("notify, images", [(False, False), (True, False), (False, True), (True, True)])
+def test_event_tags_never_take_more_than_the_room_left(notify, images):
+    from kvs_edge.media.event_tags import EVENT_TAG, NOTIFICATION, event_tag_count, fragment_tags
+    from kvs_edge.media.fragment_tags import count_tags
+
+    full = event_tag_count(notify=notify, images=images)
+    for room in range(0, 11):
+        out = fragment_tags("door", first=True, notify=notify, images=images, room=room)
+        # notify and images: 4 tags, or the notification's 2 when only 2 or 3 fit; then the user tag alone
+        expected = full if room >= full else (2 if room >= 2 and (notify or images) else min(room, 1))
+        assert count_tags(out) == expected, room
+        if room >= 1:
+            assert EVENT_TAG.encode() in out  # the user tag survives as long as there is room for one
+        if notify and room >= 2:
+            assert NOTIFICATION.encode() in out

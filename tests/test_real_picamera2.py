@@ -184,3 +184,28 @@ def test_a_size_the_camera_cannot_produce_is_read_back(tmp_path):
     assert len(warnings) == 1 and f"cannot produce {asked[0]}x{asked[1]}" in warnings[0]
     pics = decode(h264)
     assert pics and {(p.width, p.height) for p in pics} == {given}
+
+
+def test_lores_luma_for_motion_through_the_real_picamera2(tmp_path):
+    """want_lores on the real picamera2: the lores stream is configured by libcamera next to main, and the source's
+    post_callback hands its Y plane (cut from make_array("lores")) to the sink on picamera2's camera thread, at most
+    lores_fps times a second, stamped with the same SensorTimestamps as the encoded frames. Seen here: libcamera's
+    virtual pipeline adjusts the 320x240 asked for to a size of its own (read back and used, with one warning)."""
+    r, h264 = run_child(tmp_path, width=640, height=480, fps=30, seconds=3, lores_fps=5)
+    assert r["error"] is None
+    lores_cfg = r["camera_config_lores"]
+    assert lores_cfg is not None and lores_cfg["format"] == "YUV420"
+    w, h = r["lores_size"]
+    assert [w, h] == list(lores_cfg["size"])
+    figure(f"lores asked 320x240, libcamera's virtual camera gave {w}x{h} (stride {lores_cfg['stride']})")
+    got = r["lores"]
+    assert got and all(g["shape"] == [h, w] and g["dtype"] == "uint8" and g["std"] > 0 for g in got)
+    frame_threads = {f["thread"] for f in r["frames"] if f["emit_ns"] <= r["recording_ns"]}
+    assert {g["thread"] for g in got} <= frame_threads  # picamera2's own thread, the one that encodes
+    stamps = {f["ts_ns"] for f in r["frames"]}
+    assert all(g["ts_ns"] // 1000 * 1000 in stamps for g in got)
+    gaps = [b["ts_ns"] - a["ts_ns"] for a, b in zip(got, got[1:])]
+    assert min(gaps) >= 200_000_000  # 5 a second at most
+    assert len(got) <= len(r["frames"]) // 6 + 1
+    if (w, h) != (320, 240):
+        assert any("low-resolution stream for motion" in line for line in r["log"])

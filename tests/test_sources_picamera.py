@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import av
+import numpy as np
 import pytest
 
 from kvs_edge.sources import SourceError, open_source
@@ -294,3 +295,86 @@ def test_select_camera_by_model_or_port():
     with pytest.raises(SourceError, match="2 cameras match"):
         select_camera(two_alike, 0, model="imx708")
     assert select_camera(two_alike, 0, model="imx708", port="i2c@80000") == 1
+
+
+def _moving_scene(start: int, stop: int):
+    """A still gradient with sensor noise (sigma 8); an object crosses it between frames start and stop."""
+    def scene(index: int, width: int, height: int):
+        rng = np.random.default_rng(index * 7919 + width)
+        y, x = np.mgrid[0:height, 0:width]
+        pic = 60 + x * (120 / width) + y * (60 / height)
+        if start <= index < stop:
+            cx = int((index - start) / (stop - start) * (width * 3 // 4))
+            pic[height // 3:height // 3 + height // 5, cx:cx + width // 8] = 230
+        return np.clip(pic + rng.normal(0, 8, pic.shape), 0, 255).astype(np.uint8)
+    return scene
+
+
+def _motion_rig(tmp_path, src, fps):
+    from kvs_edge.config import parse_config
+    from kvs_edge.event_service import MotionTap
+    from kvs_edge.log.fragment_log import FragmentLog
+    from kvs_edge.upload_gate import UploadGate
+    from kvs_edge.upload_policy import Mode
+    from fakes.fake_clock import ScriptedClock
+
+    c = parse_config({"stream": {"name": "cam"}, "upload": {"mode": "events"},
+                      "events": {"motion": True, "motion_fps": fps}}, "c.yaml")
+    log = FragmentLog(tmp_path / "log", 64 << 20, boot_id="b")
+    gate = UploadGate(log, mode=Mode.EVENTS, pre_seconds=1, post_seconds=1, retain_seconds=None,
+                      clock=ScriptedClock(), boot_id="b", folder=tmp_path / "log")
+    return MotionTap(c, gate, src), gate, log
+
+
+def test_motion_reads_the_lores_luma_on_the_camera_thread_and_triggers_one_event(sim, tmp_path):
+    """events.motion on the Pi camera: the lores stream (YUV420, 320x240 at most) is configured next to main, its Y
+    plane (cut out of the stride-padded buffer) reaches the detector at motion_fps, no key frame is decoded, and an
+    object crossing a noisy still picture is one `motion` event inside the crossing."""
+    from kvs_edge.upload_gate import read_events
+
+    sim.world.scene = _moving_scene(30, 50)
+    src = open_source(cfg(width=400, height=300), fragment_seconds=1.0)
+    tap, gate, log = _motion_rig(tmp_path, src, 5)
+    seen = []
+    real_feed = tap.detector.feed
+    tap.detector.feed = lambda pic, t: seen.append((pic.shape, threading.current_thread().name)) or real_feed(pic, t)
+    tap.start()
+    try:
+        c = run_until(src, 90, limit=30.0)
+    finally:
+        tap.stop()
+        log.close()
+    assert src.error is None and len(c.frames) >= 90
+    camera = sim.world.cameras_opened[0]
+    assert camera.camera_config["lores"] == {"format": "YUV420", "size": (320, 240)}
+    assert src.lores_size == (320, 240) and tap.lores
+    assert seen and {s for s, _ in seen} == {(240, 320)} and {n for _, n in seen} == {"kvs-edge-motion"}
+    # 20 fps camera, 5 fps detector: about one picture in four (some dropped while the detector is busy is fine)
+    assert len(seen) <= len(sim.world.sensor_timestamps) // 4 + 2
+    events = read_events(tmp_path / "log")
+    starts = [e for e in events if not e.continues]
+    assert len(starts) == 1 and starts[0].label == "motion", events
+    ts = sim.world.sensor_timestamps
+    assert ts[30] // 1_000_000 <= starts[0].at_ms <= ts[52] // 1_000_000
+    assert len(decode(c.frames)) == len(c.frames)  # the main stream's video is untouched
+
+
+def test_a_camera_without_a_lores_stream_falls_back_to_key_frames_with_one_warning(sim, tmp_path, caplog):
+    sim.world.lores = False
+    sim.world.scene = _moving_scene(20, 40)
+    src = open_source(cfg(), fragment_seconds=0.5)
+    tap, gate, log = _motion_rig(tmp_path, src, 5)
+    tap.start()
+    wrapped = tap.wrap(Collector(60))
+    try:
+        src.start(wrapped)
+        deadline = time.monotonic() + 30
+        while len(sim.world.sensor_timestamps) < 60 and src.error is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        src.stop(timeout=3.0)
+    finally:
+        tap.stop()
+        log.close()
+    assert src.error is None and src.lores_size is None and not tap.lores
+    assert sim.world.cameras_opened[0].camera_config["lores"] is None
+    assert [r.message for r in caplog.records if "low-resolution" in r.message] and tap.compared >= 3

@@ -16,12 +16,18 @@ the SDK's `putKinesisVideoEventMetadata` (amazon-kinesis-video-streams-pic v1.2.
 - both events are one-shot (not persistent): they go before one cluster only. kvs-edge puts them on the fragment the
   event's first trigger falls in, so one notification per event; the user tag alone marks the others.
 When an event Tag carries the custom pair, the separate user Tags is not written again for that fragment.
+
+KVS counts every SimpleTag against "at most 10 metadata tags" per fragment (docs/kvs-putmedia.md section 3; more is
+error 4009 and the fragment is lost), the static `metadata:` tags already in the fragment included. `event_tag_count`
+is what an event adds at most (config.py checks `metadata:` against it); `fragment_tags(room=...)` never writes more
+than the room left: the image tag goes first, then the notification, the user tag last.
 """
 
 from __future__ import annotations
 
 from kvs_edge.media.fragment_tags import check_tag, tag_element
-from kvs_edge.media.mkv import SIMPLE_TAG, TAG, TAG_NAME, TAG_STRING, TAGS, element, string_element
+from kvs_edge.media.mkv import (MAX_TAGS_PER_FRAGMENT, SIMPLE_TAG, TAG, TAG_NAME, TAG_STRING, TAGS, element,
+                                string_element)
 
 EVENT_TAG = "kvs-edge.event"
 NOTIFICATION = "AWS_KINESISVIDEO_NOTIFICATION"
@@ -36,15 +42,29 @@ def _event_tags(service_name: str, custom: list[tuple[str, str]]) -> bytes:
     return element(TAGS, element(TAG, _simple(service_name, "") + b"".join(_simple(n, v) for n, v in custom)))
 
 
-def fragment_tags(label: str, *, first: bool, notify: bool, images: bool) -> bytes:
+def event_tag_count(*, notify: bool, images: bool) -> int:
+    """The most tags (SimpleTags) an event writes on one fragment: its first one carries the service's tags."""
+    return max(1, 2 * notify + 2 * images)
+
+
+def fragment_tags(label: str, *, first: bool, notify: bool, images: bool,
+                  room: int = MAX_TAGS_PER_FRAGMENT) -> bytes:
     """The Tags elements to write before a fragment of an event labelled `label`; `first`: the fragment holding the
-    event's first trigger (the one that carries the service's one-shot event tags)."""
+    event's first trigger (the one that carries the service's one-shot event tags); `room`: how many tags the
+    fragment may still take (10 less the ones it already has), never exceeded (docs/kvs-putmedia.md section 3)."""
     label = label.encode("utf-8")[:256].decode("utf-8", "ignore") or "trigger"
     check_tag(EVENT_TAG, label)
     custom = [(EVENT_TAG, label)]
+    notify, images = first and notify, first and images
+    if notify and images and room < 4:
+        images = False  # the notification (and the user tag in it) is worth more than the images
+    if room < 2:
+        notify = images = False
     out = b""
-    if first and notify:
+    if notify:
         out += _event_tags(NOTIFICATION, custom)
-    if first and images:
+    if images:
         out += _event_tags(IMAGE_GENERATION, custom)
-    return out or tag_element(EVENT_TAG, label)
+    if out:
+        return out
+    return tag_element(EVENT_TAG, label) if room >= 1 else b""

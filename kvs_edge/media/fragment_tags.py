@@ -109,3 +109,26 @@ def tags_prefix_length(data) -> int | None:
         if len(data) < end:
             return None
         pos = end
+
+
+def count_tags(data) -> int:
+    """How many tags (SimpleTags, the unit KVS's "at most 10 metadata tags" counts, like the emulator's 4009 check)
+    the whole Tags elements `data` starts with hold; the fragment's cluster or an incomplete element ends the count."""
+    count, pos = 0, 0
+    while True:  # each Tags element: Tag children, each holding SimpleTags
+        head = ebml.decode_id(data, pos)
+        size = ebml.decode_size(data, pos + head[1]) if head is not None and head[0] == mkv.TAGS else None
+        if size is None or size[0] is None or pos + head[1] + size[1] + size[0] > len(data):
+            return count
+        inner, stop = pos + head[1] + size[1], pos + head[1] + size[1] + size[0]
+        while inner < stop:
+            tid, n2 = ebml.decode_id(data, inner)
+            tsize, m2 = ebml.decode_size(data, inner + n2)
+            child, tag_end = inner + n2 + m2, inner + n2 + m2 + (tsize or 0)
+            while tid == mkv.TAG and child < tag_end:
+                sid, n3 = ebml.decode_id(data, child)
+                ssize, m3 = ebml.decode_size(data, child + n3)
+                count += sid == mkv.SIMPLE_TAG
+                child += n3 + m3 + (ssize or 0)
+            inner = tag_end
+        pos = stop

@@ -13,6 +13,12 @@ so they are imported when the source starts, never when this module is imported.
 - Capture time: `encoder.firsttimestamp + timestamp` in microseconds, on the SensorTimestamp clock (CLOCK_MONOTONIC
   on a Pi that never suspends), converted to ns.
 - The `Output` subclass only builds a Frame and calls emit (which never blocks): a slow outputframe stalls the camera.
+- Motion (issue 15, events.motion): `want_lores(sink, fps)` before start adds Picamera2's low-resolution stream
+  (`lores`, YUV420, LORES_SIZE or the main size if smaller) to the configuration. Picamera2's `post_callback` runs on
+  its camera thread for every request: at most `fps` times a second (by SensorTimestamp) it copies the lores Y plane
+  (`make_array("lores")` is H*3/2 rows of the stride; the first H rows, W columns are the luma) and hands it to the
+  sink, which must never block (event_service.MotionTap queues it in a one-slot queue). A camera that refuses the
+  second stream records without it (one warning) and the detector falls back to decoded key frames.
 - A camera that stops delivering (loose ribbon, weak power) only logs in libcamera; here a watchdog notices no frame
   for `stall_seconds` and sets `error`, and the pipeline exits non-zero for systemd to restart it. Picamera2's stop()
   can then block forever, so it runs on a daemon thread and is abandoned after the stop timeout.
@@ -39,6 +45,7 @@ NO_CAMERA = "no camera found: check the ribbon cable and that the camera is enab
 NOT_INSTALLED = ("picamera2 is not installed: on Raspberry Pi OS run `sudo apt install python3-picamera2` and create "
                  "the venv with --system-site-packages (or use source.type: testpattern off a Pi)")
 DEFAULT_STALL_SECONDS = HealthConfig.stall_seconds  # health.stall_seconds' default
+LORES_SIZE = (320, 240)  # the motion detector's picture: small, so a comparison costs little on a Pi
 
 
 def stall_message(seconds: float) -> str:
@@ -77,6 +84,16 @@ class PicameraSource(Source):
         self._camera = None
         self._recording = False
         self._wakeup = threading.Event()
+        self._lores_sink = None  # (Y plane, SensorTimestamp ns) -> None, never blocking; set by want_lores
+        self._lores_interval_ns = 0
+        self._lores_next_ns = 0
+        self.lores_size: tuple[int, int] | None = None  # the lores stream's size once recording with it
+
+    def want_lores(self, sink, fps: float) -> None:
+        """Deliver the lores stream's luma to `sink(luma, sensor_ts_ns)` at most `fps` times a second (call before
+        start). `sink` runs on Picamera2's camera thread and must return at once."""
+        self._lores_sink = sink
+        self._lores_interval_ns = int(1e9 / float(fps))
 
     def _set_name(self) -> None:
         model = f" ({self.model})" if self.model != "?" else ""
@@ -124,18 +141,61 @@ class PicameraSource(Source):
             raise SourceError(f"camera {self.camera_index} ({self.model}) could not be opened ({e}): check that no "
                               "other program (rpicam-vid, another kvs-edge) is using it, and the ribbon cable") from e
         self._camera = camera
-        config = camera.create_video_configuration(
-            main={"size": (self.width, self.height), "format": "YUV420"},
-            transform=libcamera.Transform(hflip=self.hflip, vflip=self.vflip),
-            controls={"FrameRate": self.fps},
-        )
+        lores = None
+        if self._lores_sink is not None:  # even sizes no bigger than main ("lores stream dimensions may not exceed
+            # main stream", picamera2's check_camera_config)
+            lores = {"size": (min(LORES_SIZE[0], self.width) // 2 * 2, min(LORES_SIZE[1], self.height) // 2 * 2),
+                     "format": "YUV420"}
         try:
-            camera.configure(config)
+            self._configure(camera, libcamera, lores)
+        except (RuntimeError, ValueError) as e:
+            if lores is None:
+                raise SourceError(f"camera {self.camera_index} ({self.model}) refused {self.width}x{self.height}@"
+                                  f"{float(self.fps):g} ({e}): pick a size and frame rate the sensor supports") from e
+            log.warning("camera %d (%s) refused the low-resolution stream for motion (%s): motion is detected on "
+                        "decoded key frames instead", self.camera_index, self.model, e)
+            return self._open_without_lores(camera, libcamera)
+        self._read_back(camera)
+        got = (getattr(camera, "camera_config", None) or {}).get("lores") if lores is not None else None
+        self.lores_size = tuple(int(v) for v in got["size"]) if got else None
+        if self.lores_size is not None and self.lores_size != lores["size"]:  # libcamera's validate() adjusted it
+            log.warning("camera %d (%s) gives the low-resolution stream for motion at %dx%d, not %dx%d: motion "
+                        "works, at a higher cost per picture", self.camera_index, self.model, *self.lores_size,
+                        *lores["size"])
+        return camera
+
+    def _open_without_lores(self, camera, libcamera):
+        try:
+            self._configure(camera, libcamera, None)
         except (RuntimeError, ValueError) as e:
             raise SourceError(f"camera {self.camera_index} ({self.model}) refused {self.width}x{self.height}@"
                               f"{float(self.fps):g} ({e}): pick a size and frame rate the sensor supports") from e
         self._read_back(camera)
+        self.lores_size = None
         return camera
+
+    def _configure(self, camera, libcamera, lores) -> None:
+        config = camera.create_video_configuration(
+            main={"size": (self.width, self.height), "format": "YUV420"},
+            lores=lores,
+            transform=libcamera.Transform(hflip=self.hflip, vflip=self.vflip),
+            controls={"FrameRate": self.fps},
+        )
+        camera.configure(config)
+
+    def _lores_callback(self, request) -> None:
+        """Picamera2's post_callback, on its camera thread: the lores luma to the sink at most lores fps, never
+        raising (an exception here would stop the camera's event loop)."""
+        try:
+            ts = int(request.get_metadata().get("SensorTimestamp") or time.monotonic_ns())
+            if ts < self._lores_next_ns:
+                return
+            self._lores_next_ns = ts + self._lores_interval_ns
+            w, h = self.lores_size
+            yuv = request.make_array("lores")
+            self._lores_sink(yuv[:h, :w], ts)
+        except Exception as e:  # pragma: no cover - defensive: the camera must go on
+            log.warning("%s: lores frame for motion failed: %s", self.name, e)
 
     def _read_back(self, camera) -> None:
         """Use the size the camera really gives: libcamera's validate() adjusts a size the camera cannot produce
@@ -198,6 +258,8 @@ class PicameraSource(Source):
             return
         encoder = self._encoder(encoders)
         output = self._output_class(outputs, encoder, emit)
+        if self.lores_size is not None:
+            camera.post_callback = self._lores_callback
         try:
             camera.start_recording(encoder, output)
         except (RuntimeError, OSError, ValueError) as e:

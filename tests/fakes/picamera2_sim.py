@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass, field
+from typing import Callable
 
 IMX708 = {"Model": "imx708", "Location": 2, "Rotation": 180, "Id": "/base/soc/i2c0mux/i2c@1/imx708@1a", "Num": 0}
 
@@ -28,6 +29,9 @@ class World:
     cameras_opened: list = field(default_factory=list)  # every Picamera2 instance created
     encoders: list = field(default_factory=list)  # every encoder created, with the kwargs it was given
     sensor_timestamps: list[int] = field(default_factory=list)  # SensorTimestamp (ns) of every frame captured
+    lores: bool = True  # the camera gives a second, low-resolution stream (configure() refuses it when False)
+    # the luma of frame `index` at (width, height), for every stream (main and lores); None: the moving test pattern
+    scene: Callable | None = None
     unblock: threading.Event = field(default_factory=threading.Event)  # releases a stalled camera's stop() (teardown)
 
 

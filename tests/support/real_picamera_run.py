@@ -44,6 +44,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=4.0)
     ap.add_argument("--fragment-seconds", type=float, default=1.0)
     ap.add_argument("--bitrate", type=int, default=1_000_000)
+    ap.add_argument("--lores-fps", type=float, default=0.0, help="> 0: ask for the lores stream (motion) at this rate")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -68,6 +69,15 @@ def main() -> int:
     cfg = SimpleNamespace(type="picamera", width=args.width, height=args.height, fps=args.fps, bitrate=args.bitrate,
                           profile="high", hflip=False, vflip=False, rotation=0, tuning_file=None, camera_index=0)
     src = PicameraSource(cfg, fragment_seconds=args.fragment_seconds)
+    lores: list[dict] = []  # what the lores sink received: shape, SensorTimestamp, thread, luma mean
+
+    def lores_sink(luma, ts_ns: int) -> None:
+        lores.append({"shape": list(luma.shape), "dtype": str(luma.dtype), "ts_ns": ts_ns,
+                      "thread": threading.current_thread().name, "mean": float(luma.mean()),
+                      "std": float(luma.std())})
+
+    if args.lores_fps > 0:
+        src.want_lores(lores_sink, args.lores_fps)
 
     frames: list[tuple[int, bool, bytes, int, str]] = []  # (ts_ns, key, data, monotonic_ns at emit, thread)
     got_first = threading.Event()
@@ -90,6 +100,9 @@ def main() -> int:
     if camera is not None:
         result["camera_config_main"] = {k: v for k, v in camera.camera_config["main"].items()
                                         if isinstance(v, (int, str, tuple, list, bool))}
+        lores_cfg = camera.camera_config.get("lores")
+        result["camera_config_lores"] = None if lores_cfg is None else {
+            k: v for k, v in lores_cfg.items() if isinstance(v, (int, str, tuple, list, bool))}
         result["camera_controls"] = {"FrameDurationLimits": list(camera.camera_controls["FrameDurationLimits"])}
     src.stop(timeout=10.0)
     after_ns = time.monotonic_ns()
@@ -105,6 +118,7 @@ def main() -> int:
         "frames": [{"ts_ns": ts, "key": key, "bytes": len(data), "emit_ns": at, "thread": thread}
                    for ts, key, data, at, thread in frames],
         "log": logs.lines,
+        "lores": lores, "lores_size": src.lores_size,
     })
     (out / "frames.h264").write_bytes(b"".join(f[2] for f in frames))
     (out / "result.json").write_text(json.dumps(result, default=list, indent=1))

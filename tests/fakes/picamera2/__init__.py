@@ -3,7 +3,10 @@
 Picamera2(camera_num=0, verbose_console=None, tuning=None, allocator=None), Picamera2.global_camera_info(),
 Picamera2.load_tuning_file(tuning_file, dir=None), create_video_configuration(main={}, lores=None, raw={},
 transform=libcamera.Transform(), colour_space=None, buffer_count=6, controls={}, display="main", encode="main",
-queue=True), configure(camera_config), start_recording(encoder, output, pts=None, config=None, quality=None, name=None),
+queue=True) (lores: YUV420 at the main size unless given, as the real one), configure(camera_config) (lores no bigger
+than main: "lores stream dimensions may not exceed main stream"), post_callback (called with each request on the
+camera thread before the encoder; request.make_array("lores") is H*3/2 rows of a 64-aligned stride, as on a Pi),
+start_recording(encoder, output, pts=None, config=None, quality=None, name=None),
 stop_recording(), start(), stop(), close().
 
 The camera is a thread that makes a moving picture at the configured FrameRate, stamps each frame with the
@@ -34,7 +37,7 @@ class _Libcamera_Request:
 class _CompletedRequest:
     """What an encoder's encode(stream, request) receives: the picture and its metadata."""
 
-    def __init__(self, arrays: dict, sensor_ts_ns: int):
+    def __init__(self, arrays: dict, sensor_ts_ns: int):  # arrays: stream name -> picture
         self.request = _Libcamera_Request({libcamera.controls.SensorTimestamp: sensor_ts_ns})
         self._arrays = arrays
 
@@ -51,12 +54,17 @@ class _CompletedRequest:
         return {"SensorTimestamp": self.request.metadata[libcamera.controls.SensorTimestamp]}
 
 
-def _picture(index: int, width: int, height: int, fmt: str) -> np.ndarray:
-    x = np.arange(width, dtype=np.int32)[None, :]
-    y = np.arange(height, dtype=np.int32)[:, None]
-    luma = ((x + 3 * index) % 200 + (y // 8) % 2 * 30 + 16).astype(np.uint8)
+def _picture(index: int, width: int, height: int, fmt: str, scene=None, stride: int | None = None) -> np.ndarray:
+    if scene is not None:
+        luma = np.asarray(scene(index, width, height), dtype=np.uint8)
+    else:
+        x = np.arange(width, dtype=np.int32)[None, :]
+        y = np.arange(height, dtype=np.int32)[:, None]
+        luma = ((x + 3 * index) % 200 + (y // 8) % 2 * 30 + 16).astype(np.uint8)
     if fmt == "YUV420":
-        chroma = np.full((height // 2, width), 128, dtype=np.uint8)
+        stride = stride or width
+        luma = np.pad(luma, ((0, 0), (0, stride - width)))
+        chroma = np.full((height // 2, stride), 128, dtype=np.uint8)
         return np.concatenate([luma, chroma])
     channels = 4 if fmt.startswith("X") else 3
     return np.repeat(luma[:, :, None], channels, axis=2)
@@ -94,6 +102,8 @@ class Picamera2:
         self._camera_thread = None
         self._stop_camera = threading.Event()
         self._world = world
+        self.pre_callback = None
+        self.post_callback = None
         world.cameras_opened.append(self)
 
     # -- configuration --------------------------------------------------------------------------------------------
@@ -110,6 +120,8 @@ class Picamera2:
         if colour_space is None:
             w, h = stream["size"]
             colour_space = libcamera.ColorSpace.Smpte170m() if w < 1280 or h < 720 else libcamera.ColorSpace.Rec709()
+        if lores is not None:
+            lores = {"format": "YUV420", "size": stream["size"]} | dict(lores)
         return {"use_case": "video", "transform": transform, "colour_space": colour_space,
                 "buffer_count": buffer_count, "queue": queue, "main": stream, "lores": lores, "raw": raw,
                 "controls": {"FrameDurationLimits": (33333, 33333)} | dict(controls),
@@ -125,6 +137,14 @@ class Picamera2:
             raise RuntimeError("size in main stream should be (width, height)")
         if size[0] % 2 or size[1] % 2:
             raise RuntimeError("width and height should be even")
+        lores = camera_config.get("lores")
+        if lores is not None:
+            if not self._world.lores:
+                raise RuntimeError("Failed to configure camera (no second stream)")  # as libcamera's configure()
+            if lores["size"][0] > size[0] or lores["size"][1] > size[1]:
+                raise RuntimeError("lores stream dimensions may not exceed main stream")
+            if lores["format"] != "YUV420":
+                raise RuntimeError("lores stream must be YUV")
         sizes = self._world.sizes
         if sizes is not None and tuple(size) not in sizes:
             # libcamera's validate() answers Adjusted and picamera2 writes the adjusted stream back into the
@@ -178,14 +198,22 @@ class Picamera2:
                 return
             sensor_ts = time.monotonic_ns()
             world.sensor_timestamps.append(sensor_ts)
-            pic = _picture(index, width, height, stream["format"])
+            pic = _picture(index, width, height, stream["format"], world.scene)
             if transform.hflip:
                 pic = pic[:, ::-1] if stream["format"] != "YUV420" else np.concatenate(
                     [pic[:height, ::-1], pic[height:]])
             if transform.vflip:
                 pic = pic[::-1] if stream["format"] != "YUV420" else np.concatenate([pic[:height][::-1], pic[height:]])
+            arrays = {"main": np.ascontiguousarray(pic)}
+            lores = self.camera_config.get("lores")
+            if lores is not None:
+                lw, lh = lores["size"]
+                arrays["lores"] = _picture(index, lw, lh, "YUV420", world.scene, stride=(lw + 63) // 64 * 64)
+            request = _CompletedRequest(arrays, sensor_ts)
+            if self.post_callback is not None:
+                self.post_callback(request)
             if self._encoder is not None and self._encoder.running:
-                self._encoder.encode("main", _CompletedRequest({"main": np.ascontiguousarray(pic)}, sensor_ts))
+                self._encoder.encode("main", request)
             index += 1
 
     def _block_if_stalled(self):
