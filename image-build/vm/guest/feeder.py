@@ -61,11 +61,14 @@ def main(device, clip, ready):
         tick += -tick % keyint  # the clip's length is a whole number of key-frame intervals
         while True:
             late = time.time() - tick / fps
+            if late < 0:
+                time.sleep(-late)
+                # Checked again after the sleep: a feeder frozen (SIGSTOP) while it waited must not write, when it
+                # thaws, the frame that was due before the freeze: a camera never delivers a picture that late.
+                late = time.time() - tick / fps
             if late > 1.0:
                 print(f"feeder: {late:.1f} s behind: back to the clip frame of the current time", flush=True)
                 break
-            if late < 0:
-                time.sleep(-late)
             os.write(fd, units[tick % n_units])
             tick += 1
             written += 1
