@@ -1,6 +1,7 @@
 """Sources read through PyAV (FFmpeg): a file, an RTSP camera, a V4L2 device. H.264 only, never re-encoded.
 
-- `FileSource`: .h264/.264 (raw Annex B, at source.fps), .mkv/.mp4/.mov (AVCC, converted to Annex B with SPS/PPS in
+- `FileSource`: .h264/.264 (raw Annex B, at source.fps: split into access units by media/annexb_stream.py as FFmpeg's
+  h264 parser splits them, without loading PyAV), .mkv/.mp4/.mov (AVCC, converted to Annex B with SPS/PPS in
   front of every key frame), optionally looped. Paced at the file's own frame rate for `run` (frames arrive in real
   time, stamped on the monotonic clock), or unpaced for `kvs-edge upload` (as fast as read, stamped with the file's
   own timestamps in ns from 0).
@@ -99,7 +100,10 @@ class AnnexBConverter:
 
     def convert(self, payload: bytes) -> tuple[bytes, bool]:
         """(Annex B access unit, key) where key means the unit holds an IDR slice."""
-        nals = self._nals(payload)
+        return self.convert_nals(self._nals(payload))
+
+    def convert_nals(self, nals: list[bytes]) -> tuple[bytes, bool]:
+        """convert() of an access unit already split into NAL units (a raw file: media/annexb_stream.py)."""
         types = [h264.nal_type(n) for n in nals]
         key = h264.NAL_IDR in types
         has_sps, has_pps = h264.NAL_SPS in types, h264.NAL_PPS in types
@@ -216,7 +220,7 @@ class InputAudio:
 
 # -- files ----------------------------------------------------------------------------------------------------------
 
-RAW_PROBE_OPTIONS = {"probesize": "32", "analyzeduration": "0", "fpsprobesize": "0"}
+RAW_READ_BYTES = 1 << 20  # a raw file is read in blocks of this size
 
 
 class FileSource(InputAudio, Source):
@@ -250,10 +254,7 @@ class FileSource(InputAudio, Source):
         if not os.path.isfile(self.path):
             raise SourceError(f"source.uri {self.path}: no such file: check the path")
         try:
-            # a raw stream's size comes from its SPS: no need for FFmpeg to probe (and decode) megabytes first,
-            # which costs about 6 MB of peak memory at 1080p
-            container = av.open(self.path, format="h264" if self.raw else None,
-                                options=RAW_PROBE_OPTIONS if self.raw else None)
+            container = av.open(self.path)
         except av.FFmpegError as e:
             raise SourceError(f"{self.path}: cannot be read as video ({_av_error_text(e, self.path)}): "
                               "give an .h264, .mp4 or .mkv file") from e
@@ -269,61 +270,13 @@ class FileSource(InputAudio, Source):
         return container, stream
 
     def _run(self, emit: Emit) -> None:
-        import av
-
         pacer = Pacer(self.clock, self._stopping)
-        frame_ns = int(1_000_000_000 / self.fps)
         offset = 0  # media ns added on each pass of a looped file
         while not self._stopping.is_set():
-            container, stream = self._open()
-            conv = AnnexBConverter(stream.codec_context.extradata)
-            astream = self._open_audio(container)
-            early_audio: list = []  # audio packets before the first video one, stamped once its time is known
-            first: int | None = None
-            last_ns = -frame_ns
-            end_ns = 0
-            index = 0
-            try:
-                for packet in container.demux(*([stream, astream] if astream is not None else [stream])):
-                    if self._stopping.is_set():
-                        return
-                    if packet.size == 0:
-                        continue
-                    if astream is not None and packet.stream is astream:
-                        if first is None and not self.raw:
-                            early_audio.append(packet)
-                        else:
-                            self._audio_packet(packet, first or 0, offset, pacer)
-                        continue
-                    data, key = conv.convert(bytes(packet))
-                    media = None if self.raw else _media_ns(packet, stream.time_base)
-                    if media is None:
-                        media = int(index * 1_000_000_000 / self.fps)
-                    elif first is None:
-                        first = media
-                    media = media - (first or 0)
-                    media = max(media, last_ns + 1)
-                    last_ns = media
-                    index += 1
-                    if self.raw:
-                        end_ns = int(index * 1_000_000_000 / self.fps)
-                    else:
-                        dur = _duration_ns(packet, stream.time_base)
-                        end_ns = media + (dur if dur else frame_ns)
-                    ts = pacer.wait(offset + media) if self.paced else offset + media
-                    if self._stopping.is_set():
-                        return
-                    emit(Frame(data, ts, key))
-                    for p in early_audio:
-                        self._audio_packet(p, first or 0, offset, pacer)
-                    early_audio.clear()
-                if self.audio is not None and self.on_audio is not None:
-                    self._deliver_audio(self.audio.flush(), offset, pacer)
-            except av.FFmpegError as e:
-                raise SourceError(f"{self.path}: read error after {index} frames "
-                                  f"({_av_error_text(e, self.path)}): the file is damaged") from e
-            finally:
-                container.close()
+            passed = self._raw_pass(emit, pacer, offset) if self.raw else self._av_pass(emit, pacer, offset)
+            if passed is None:  # stopped
+                return
+            index, end_ns = passed
             if index == 0:
                 raise SourceError(f"{self.path}: contains no H.264 frames")
             if not self.loop:
@@ -332,6 +285,106 @@ class FileSource(InputAudio, Source):
                 return
             offset += end_ns  # the next pass starts where this one's last frame ended
             log.debug("%s: looping", self.name)
+
+    def _raw_units(self):
+        """The access units of a raw H.264 file, read in 1 MiB blocks, split as FFmpeg's h264 parser splits them
+        (media/annexb_stream.py): no PyAV, no FFmpeg, for the file source a test bench or a demo uses most."""
+        from kvs_edge.media.annexb_stream import AccessUnitSplitter
+
+        if not os.path.isfile(self.path):
+            raise SourceError(f"source.uri {self.path}: no such file: check the path")
+        splitter = AccessUnitSplitter()
+        try:
+            with open(self.path, "rb") as f:
+                while block := f.read(RAW_READ_BYTES):
+                    yield from splitter.feed(block)
+            yield from splitter.flush()
+        except h264.H264Error as e:
+            raise SourceError(f"{self.path}: cannot be read as video ({e}): give an .h264, .mp4 or .mkv file") from e
+        except OSError as e:
+            raise SourceError(f"{self.path}: cannot be read as video ({e.strerror or e})") from e
+
+    def _raw_pass(self, emit: Emit, pacer, offset: int) -> tuple[int, int] | None:
+        """One pass over a raw H.264 file at source.fps: (frames, media ns of its end), or None when stopped."""
+        conv = AnnexBConverter(None)
+        index = 0
+        for nals in self._raw_units():
+            if self._stopping.is_set():
+                return None
+            if self.width is None:
+                self._size_from(nals)
+            data, key = conv.convert_nals(nals)
+            media = int(index * 1_000_000_000 / self.fps)
+            index += 1
+            ts = pacer.wait(offset + media) if self.paced else offset + media
+            if self._stopping.is_set():
+                return None
+            emit(Frame(data, ts, key))
+        return index, int(index * 1_000_000_000 / self.fps)
+
+    def _size_from(self, nals: list[bytes]) -> None:
+        for n in nals:
+            if h264.nal_type(n) == h264.NAL_SPS:
+                try:
+                    sps = h264.parse_sps(n)
+                except (h264.H264Error, IndexError):
+                    return
+                self.width, self.height = sps.width, sps.height
+                return
+
+    def _av_pass(self, emit: Emit, pacer, offset: int) -> tuple[int, int] | None:
+        """One pass over a container file (MP4, MKV, ...) through PyAV with the file's own timestamps (and its audio):
+        (frames, media ns of its end), or None when stopped."""
+        import av
+
+        frame_ns = int(1_000_000_000 / self.fps)
+        container, stream = self._open()
+        conv = AnnexBConverter(stream.codec_context.extradata)
+        astream = self._open_audio(container)
+        early_audio: list = []  # audio packets before the first video one, stamped once its time is known
+        first: int | None = None
+        last_ns = -frame_ns
+        end_ns = 0
+        index = 0
+        try:
+            for packet in container.demux(*([stream, astream] if astream is not None else [stream])):
+                if self._stopping.is_set():
+                    return None
+                if packet.size == 0:
+                    continue
+                if astream is not None and packet.stream is astream:
+                    if first is None:
+                        early_audio.append(packet)
+                    else:
+                        self._audio_packet(packet, first, offset, pacer)
+                    continue
+                data, key = conv.convert(bytes(packet))
+                media = _media_ns(packet, stream.time_base)
+                if media is None:
+                    media = int(index * 1_000_000_000 / self.fps)
+                elif first is None:
+                    first = media
+                media = media - (first or 0)
+                media = max(media, last_ns + 1)
+                last_ns = media
+                index += 1
+                dur = _duration_ns(packet, stream.time_base)
+                end_ns = media + (dur if dur else frame_ns)
+                ts = pacer.wait(offset + media) if self.paced else offset + media
+                if self._stopping.is_set():
+                    return None
+                emit(Frame(data, ts, key))
+                for p in early_audio:
+                    self._audio_packet(p, first or 0, offset, pacer)
+                early_audio.clear()
+            if self.audio is not None and self.on_audio is not None:
+                self._deliver_audio(self.audio.flush(), offset, pacer)
+        except av.FFmpegError as e:
+            raise SourceError(f"{self.path}: read error after {index} frames "
+                              f"({_av_error_text(e, self.path)}): the file is damaged") from e
+        finally:
+            container.close()
+        return index, end_ns
 
     def _audio_packet(self, packet, first_ns: int, offset: int, pacer) -> None:
         from .aac_input import AudioUnusable
