@@ -13,7 +13,6 @@ from pathlib import Path
 
 from kvs_edge.clock import Timebase
 from kvs_edge.config import Config
-from kvs_edge.event_service import EventService
 from kvs_edge.kvs.control import ControlPlane
 from kvs_edge.kvs.credentials import resolve_credentials
 from kvs_edge.log import FragmentLog
@@ -91,7 +90,11 @@ class Appliance:
         self.pipeline = self.producer.pipeline
         self.link = self.producer.link
         # upload.mode events/schedule: the uploader reads the log through the upload gate (event_service.py)
-        self.events = EventService.for_appliance(self)
+        self.events = None
+        if cfg.upload.mode != "continuous":  # imported only then: a continuous run never loads the event features
+            from kvs_edge.event_service import EventService
+
+            self.events = EventService.for_appliance(self)
         self.upload_log = self.producer.upload_log = self.events.gate if self.events else fragment_log
 
     def start(self) -> None:

@@ -9,7 +9,7 @@ Otherwise it holds:
               triggers the gate ("motion"). On the Pi camera the pictures are the luma of Picamera2's lores stream
               (sources/picamera.py `want_lores`, at motion_fps); for other sources, or a camera that refused the
               lores stream, a tap on the pipeline's emit queues key frames and the detector thread decodes them
-`upload_status()` is the "upload" part of the status file.
+`upload_status()` (service/status.py) is the "upload" part of the status file.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from kvs_edge.schedule import Window, parse_cron, zone
 from kvs_edge.service.control_socket import ControlServer
 from kvs_edge.upload_gate import UploadGate
 from kvs_edge.upload_policy import Mode
+from kvs_edge.service.status import upload_status
 
 log = logging.getLogger("kvs_edge.events")
 
@@ -198,17 +199,3 @@ class EventService:
 
     def upload_status(self) -> dict:
         return upload_status(self.app, self.gate)
-
-
-def upload_status(app, gate: UploadGate | None) -> dict:
-    """The status file's "upload" part: mode, the retained span, events, bytes uploaded vs recorded."""
-    st = app.fragment_log.stats()
-    retained = None
-    if st.oldest_first_ms is not None and st.newest_last_ms is not None:
-        retained = round((st.newest_last_ms - st.oldest_first_ms) / 1000.0, 3)
-    out = {"mode": app.cfg.upload.mode, "retained_s": retained}
-    if gate is not None:
-        s = gate.stats
-        out.update({"events": s.triggers, "event_active": gate.active_event(), "bytes_uploaded": s.bytes_uploaded,
-                    "bytes_recorded": s.bytes_recorded, "fragments_expired": s.fragments_expired})
-    return out

@@ -18,8 +18,7 @@ from kvs_edge.errors import EXIT_CONFIG
 from kvs_edge.pipeline import PipelineFailure
 from kvs_edge.retry import STREAM_LOOKUP, UPLOAD, wedge_limit
 from kvs_edge.service.notify import Notifier, WatchdogGate, watchdog_interval
-from kvs_edge.event_service import upload_status
-from kvs_edge.service.status import write_status
+from kvs_edge.service.status import upload_status, write_status
 
 log = logging.getLogger("kvs_edge")
 

@@ -317,6 +317,27 @@ def test_emulator_create_describe_and_data_endpoint(emulator):
     assert cp.keeps_data(live) is False
 
 
+def test_the_client_does_not_keep_botocore_endpoints_data(emulator):
+    """endpoints.json (every AWS service, ~7 MB as Python objects) is read to build the client, then let go
+    (kvs/control.py _forget_endpoints_data): no live object holds it, and the client still works, in any region."""
+    import gc
+
+    def endpoints_data_alive() -> int:
+        return sum(1 for o in gc.get_objects() if isinstance(o, dict) and isinstance(o.get("partitions"), list)
+                   and o["partitions"] and isinstance(o["partitions"][0], dict) and "services" in o["partitions"][0])
+
+    gc.collect()
+    before = endpoints_data_alive()
+    cp = emu_control(emulator)
+    assert endpoints_data_alive() == before
+    name = unique()
+    assert cp.ensure_stream(name, create=True)["StreamName"] == name
+    assert DataEndpoint(cp, name).get() == emulator.url
+    cn = ControlPlane("cn-north-1", Credentials("a", "b"))  # the endpoint resolver saw the China partition
+    assert cn.endpoint_url == "https://kinesisvideo.cn-north-1.amazonaws.com.cn"
+    assert endpoints_data_alive() == before
+
+
 def test_emulator_over_tls_with_ca_bundle(tls_emulator):
     name = unique()
     tls_emulator.create_stream(name)

@@ -178,6 +178,15 @@ def test_garbage_file_is_refused(tmp_path):
     assert str(src.error).startswith(f"{path}: cannot be read as video (")
 
 
+def test_garbage_raw_file_is_refused(tmp_path):
+    path = tmp_path / "junk.h264"  # read without FFmpeg (media/annexb_stream.py): the same kind of message
+    path.write_bytes(b"not a video at all" * 100)
+    src = open_source(cfg(path), fragment_seconds=1.0, paced=False)
+    assert run(src) == []
+    assert str(src.error) == (f"{path}: cannot be read as video (no Annex B start code (00 00 01) found): "
+                              "give an .h264, .mp4 or .mkv file")
+
+
 # -- pure parts ------------------------------------------------------------------------------------------------------
 
 def test_avcc_lengths_that_look_like_start_codes_are_still_avcc():

@@ -228,3 +228,18 @@ def _bytes(value: object) -> str:
         if n < 1024 or unit == "GiB":
             break
     return f"{n:.1f} {unit}"
+
+
+def upload_status(app, gate=None) -> dict:
+    """The status file's "upload" part: mode, the retained span, events, bytes uploaded vs recorded (gate: the
+    appliance's UploadGate in upload.mode events/schedule, event_service.py; None in continuous mode)."""
+    st = app.fragment_log.stats()
+    retained = None
+    if st.oldest_first_ms is not None and st.newest_last_ms is not None:
+        retained = round((st.newest_last_ms - st.oldest_first_ms) / 1000.0, 3)
+    out = {"mode": app.cfg.upload.mode, "retained_s": retained}
+    if gate is not None:
+        s = gate.stats
+        out.update({"events": s.triggers, "event_active": gate.active_event(), "bytes_uploaded": s.bytes_uploaded,
+                    "bytes_recorded": s.bytes_recorded, "fragments_expired": s.fragments_expired})
+    return out
