@@ -307,6 +307,7 @@ class FileSource(InputAudio, Source):
     def _raw_pass(self, emit: Emit, pacer, offset: int) -> tuple[int, int] | None:
         """One pass over a raw H.264 file at source.fps: (frames, media ns of its end), or None when stopped."""
         conv = AnnexBConverter(None)
+        num, den = 1_000_000_000 * self.fps.denominator, self.fps.numerator  # int(index * 1e9 / fps), in integers
         index = 0
         for nals in self._raw_units():
             if self._stopping.is_set():
@@ -314,13 +315,13 @@ class FileSource(InputAudio, Source):
             if self.width is None:
                 self._size_from(nals)
             data, key = conv.convert_nals(nals)
-            media = int(index * 1_000_000_000 / self.fps)
+            media = index * num // den
             index += 1
             ts = pacer.wait(offset + media) if self.paced else offset + media
             if self._stopping.is_set():
                 return None
             emit(Frame(data, ts, key))
-        return index, int(index * 1_000_000_000 / self.fps)
+        return index, index * num // den
 
     def _size_from(self, nals: list[bytes]) -> None:
         for n in nals:
