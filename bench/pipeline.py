@@ -7,11 +7,14 @@ the emulator running in another process.
 issue 16's target: <= 5 % of a core and <= 80 MB + 10 MB per extra camera).
 
 Measured from outside the process (/proc/<pid>/stat and status), over the steady part of the run:
-  CPU % of one core     (utime + stime) of the kvs-edge process / wall time
+  CPU % of one core     (utime + stime) of the kvs-edge process / wall time (process CPU time: other load on the
+                        machine shows less than in wall-clock figures, but still shows: repeat and give the spread)
   peak RSS              VmHWM of the kvs-edge process
+  wake-ups/s            voluntary context switches of all its threads per second (waits, sleeps, blocking reads)
   latency p50 / p99     capture of a fragment's first frame -> its PERSISTED ACK, from the status file
-Reference in the same run: the same file read and paced by PyAV alone (no muxing, no log, no upload), so the table shows
-what the pipeline costs on top of reading the input. Targets: < 5 % of a core, < 80 MB RSS, p99 < fragment + 0.5 s.
+Reference in the same run: the same file read and paced by PyAV alone (no muxing, no log, no upload): what reading the
+input with FFmpeg costs. kvs-edge reads a raw .h264 file without PyAV (media/annexb_stream.py), so since then its
+RSS is below this reference. Targets: < 5 % of a core, < 80 MB RSS, p99 < fragment + 0.5 s.
 
 --audio (issue 14): the same video remuxed into an MKV with a 48 kHz mono PCM track, run twice (one camera): once video
 only (the audio track ignored), once with source.audio (PCM decoded and encoded to AAC-LC 64 kbit/s, interleaved as
@@ -73,12 +76,27 @@ while time.monotonic() - t0 < seconds:
 """
 
 
-def measure(proc: subprocess.Popen, warmup: float, seconds: float) -> tuple[float, float]:
+def wakeups(pid: int) -> int:
+    """Voluntary context switches of all the process's threads so far: each is a thread going to sleep (a wait, a
+    sleep, a blocking read) and later woken."""
+    n = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    n += int(line.split()[1])
+        except OSError:  # a thread that just ended
+            pass
+    return n
+
+
+def measure(proc: subprocess.Popen, warmup: float, seconds: float) -> tuple[float, float, float]:
+    """(CPU % of one core, peak RSS MB, wake-ups per second) over `seconds` after `warmup`."""
     time.sleep(warmup)
-    c0, t0 = cpu_seconds(proc.pid), time.monotonic()
+    c0, w0, t0 = cpu_seconds(proc.pid), wakeups(proc.pid), time.monotonic()
     time.sleep(seconds)
-    c1, t1 = cpu_seconds(proc.pid), time.monotonic()
-    return 100.0 * (c1 - c0) / (t1 - t0), peak_rss_mb(proc.pid)
+    c1, w1, t1 = cpu_seconds(proc.pid), wakeups(proc.pid), time.monotonic()
+    return 100.0 * (c1 - c0) / (t1 - t0), peak_rss_mb(proc.pid), (w1 - w0) / (t1 - t0)
 
 
 def with_pcm_track(src: Path, fps: int, seconds: float = 60.0) -> Path:
@@ -183,14 +201,14 @@ def main() -> int:
                 os.chmod(Path(tmp) / "c.yaml", 0o600)
                 run = subprocess.Popen(kvs + ["run", "--config", f"{tmp}/c.yaml"], stdout=subprocess.DEVNULL,
                                        stderr=subprocess.PIPE, text=True, cwd=ROOT)
-                cpu, rss = measure(run, 5.0, a.seconds)
+                cpu, rss, wake = measure(run, 5.0, a.seconds)
                 status = json.loads(status_file.read_text())
                 run.send_signal(signal.SIGTERM)
                 _, err = run.communicate(timeout=30)
-                rows.append((n, cpu, rss, status, run.returncode, err, audio))
+                rows.append((n, cpu, rss, status, run.returncode, err, audio, wake))
             emu_cpu = cpu_seconds(emu.pid)
             ref = subprocess.Popen([sys.executable, "-c", REFERENCE, str(src), str(a.fps), str(a.seconds + 5)])
-            ref_cpu, ref_rss = measure(ref, 5.0, a.seconds)
+            ref_cpu, ref_rss, ref_wake = measure(ref, 5.0, a.seconds)
             ref.wait(30)
         finally:
             emu.send_signal(signal.SIGTERM)
@@ -198,16 +216,17 @@ def main() -> int:
     print(f"\n`kvs-edge run`, file source(s) {a.width}x{a.height}@{a.fps} at {mbit:.1f} Mbit/s each in real time, "
           f"{a.fragment_seconds:g}-s fragments, emulator in another process, {a.seconds:.0f} s measured "
           f"after 5 s warm-up\n")
-    print("| process | cameras | CPU % of one core | peak RSS MB | latency p50 s | latency p99 s | "
+    print("| process | cameras | CPU % of one core | peak RSS MB | wake-ups/s | latency p50 s | latency p99 s | "
           "fragments persisted | frames | dropped |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for n, cpu, rss, status, _, _, audio in rows:
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for n, cpu, rss, status, _, _, audio, wake in rows:
         if audio is not None:
             continue
         lat = status.get("latency_s", {})
-        print(f"| kvs-edge run | {n} | {cpu:.1f} | {rss:.1f} | {lat.get('p50')} | {lat.get('p99')} | "
+        print(f"| kvs-edge run | {n} | {cpu:.1f} | {rss:.1f} | {wake:.0f} | {lat.get('p50')} | {lat.get('p99')} | "
               f"{status.get('fragments_persisted')} | {status['camera']['frames']} | {status['frames_dropped']} |")
-    print(f"| reference: PyAV reading + pacing the same file | 1 | {ref_cpu:.1f} | {ref_rss:.1f} | - | - | - | - | - |")
+    print(f"| reference: PyAV reading + pacing the same file | 1 | {ref_cpu:.1f} | {ref_rss:.1f} | {ref_wake:.0f} | "
+          "- | - | - | - | - |")
     print(f"\nemulator CPU over the whole run {emu_cpu:.1f} s; targets: < 5 % CPU per camera, "
           f"< 80 MB + 10 MB per extra camera, p99 < {a.fragment_seconds + 0.5:g} s")
     audio_rows = [r for r in rows if r[6] is not None]
@@ -215,14 +234,14 @@ def main() -> int:
         print("\nissue 14: the same video in an MKV with a 48 kHz mono PCM track, one camera\n")
         print("| kvs-edge run | CPU % of one core | peak RSS MB | latency p50 s | latency p99 s | audio frames |")
         print("|---|---:|---:|---:|---:|---:|")
-        for name, (_, c_, r_, st_, _, _, _) in zip(("video only (track ignored)", "with source.audio (PCM -> AAC 64k)"),
+        for name, (_, c_, r_, st_, _, _, _, _) in zip(("video only (track ignored)", "with source.audio (PCM -> AAC 64k)"),
                                                    audio_rows):
             l_ = st_.get("latency_s", {})
             print(f"| {name} | {c_:.1f} | {r_:.1f} | {l_.get('p50')} | {l_.get('p99')} | "
                   f"{(st_.get('audio') or {}).get('written', 0)} |")
         (_, c0, r0, *_), (_, c1, r1, *_) = audio_rows
         print(f"| added by audio | {c1 - c0:+.1f} | {r1 - r0:+.1f} | | | |")
-    failed = [(n, code, err) for n, _, _, _, code, err, _ in rows if code != 0]
+    failed = [(n, code, err) for n, _, _, _, code, err, _, _ in rows if code != 0]
     for n, code, err in failed:
         print(f"kvs-edge run with {n} camera(s) exited {code}: {err[-2000:]}", file=sys.stderr)
     return 1 if failed else 0

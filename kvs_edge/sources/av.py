@@ -220,7 +220,7 @@ class InputAudio:
 
 # -- files ----------------------------------------------------------------------------------------------------------
 
-RAW_READ_BYTES = 1 << 20  # a raw file is read in blocks of this size
+RAW_READ_BYTES = 64 * 1024  # a raw file is read in blocks of this size (under glibc's mmap threshold, run.py)
 
 
 class FileSource(InputAudio, Source):
@@ -287,8 +287,9 @@ class FileSource(InputAudio, Source):
             log.debug("%s: looping", self.name)
 
     def _raw_units(self):
-        """The access units of a raw H.264 file, read in 1 MiB blocks, split as FFmpeg's h264 parser splits them
-        (media/annexb_stream.py): no PyAV, no FFmpeg, for the file source a test bench or a demo uses most."""
+        """The access units of a raw H.264 file, read in RAW_READ_BYTES blocks, split as FFmpeg's h264 parser splits
+        them (media/annexb_stream.py): no PyAV, no FFmpeg (about 25 MB of memory) for the file source benches and
+        demos use most."""
         from kvs_edge.media.annexb_stream import AccessUnitSplitter
 
         if not os.path.isfile(self.path):
