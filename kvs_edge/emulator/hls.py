@@ -46,6 +46,7 @@ TS_MEDIA = "getTSFragment.ts"
 PATH_PREFIX = "/hls/v1/"
 DASH_MANIFEST = "getDASHManifest.mpd"
 DASH_PATH_PREFIX = "/dash/v1/"
+UTC_DIRECT = "urn:mpeg:dash:utc:direct:2014"
 KVS_XMLNS = "https://kinesisvideo.amazonaws.com/dash"  # the service's namespace URI for kvs:fn/kvs:ts is not documented
 
 
@@ -381,6 +382,12 @@ class HlsSession:
                 out.append(f'<SegmentURL media="{_xml(MP4_MEDIA + self._q(FragmentNumber=li.entry.fragment_number))}"/>')
             out.append("</SegmentList></Representation></AdaptationSet></Period>")
             number += len(run)
+        if not static:
+            # A dynamic MPD's segments become available on the wall clock; without a UTCTiming element dash.js asks
+            # a time server on the internet (time.akamai.com) and stops when it cannot. The service's MPD is not
+            # documented here; the emulator's choice: its own clock, carried in the manifest itself (ISO 23009-1
+            # "direct" scheme).
+            out.append(f'<UTCTiming schemeIdUri="{UTC_DIRECT}" value="{iso8601_ms(int(now * 1000))}"/>')
         out.append("</MPD>")
         return "\n".join(out) + "\n"
 

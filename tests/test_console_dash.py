@@ -1,0 +1,113 @@
+"""The emulator's DASH played by a real DASH player: dash.js (the reference player, shipped in
+kvs_edge/emulator/static/) in Debian's headless Chromium, through the console's own player code. The session URLs
+are the ones GetDASHStreamingSessionURL returns to botocore's unchanged client (ON_DEMAND of an uploaded file, with
+and without an AAC track) or the console's LIVE session while `kvs-edge run` streams. Played means: currentTime
+advances (to the end for ON_DEMAND), the picture has the stream's size, no dash.js error event, every request went to
+the emulator."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+from selenium.webdriver.support.ui import Select
+
+from support.appliance import config_dict, wait_until, write_config
+from support.avgen import H, W, make_av_file
+from test_console_browser import browser, player_state, save_screenshot, video_plays  # noqa: F401  (fixture)
+from test_emulator_hls import dash_url
+from test_read_api import FRAMES
+from test_read_api import uploaded  # noqa: F401  (fixture: in.h264 by `kvs-edge upload`, 640x480, 30 fps)
+
+ROOT = Path(__file__).resolve().parents[1]
+FPS = 30  # in.h264
+
+
+def on_demand_dash(emu, stream: str) -> str:
+    archive = emu.archive(stream)
+    return dash_url(emu, stream, PlaybackMode="ON_DEMAND", DASHFragmentSelector={
+        "FragmentSelectorType": "PRODUCER_TIMESTAMP",
+        "TimestampRange": {"StartTimestamp": min(e.producer_ts_ms for e in archive) / 1000,
+                           "EndTimestamp": max(e.producer_ts_ms for e in archive) / 1000 + 0.001}})
+
+
+def play_in_console(browser, emu, url: str, protocol: str = "DASH") -> None:
+    """Open the console and hand its player a session URL (after the console has started its own player)."""
+    browser.get(emu.url + "/")
+    wait_until(lambda: browser.execute_script("return window.kvsConsole.protocol"), 60, "the console's player")
+    browser.execute_script("window.kvsConsole.play(arguments[0], arguments[1]);", url, protocol)
+
+
+def played_to_the_end(browser, seconds: float) -> dict:
+    """Wait for the video element's `ended` (ON_DEMAND: a static MPD plays out), then its state."""
+    wait_until(lambda: (st := player_state(browser))["errors"] or st["ended"], seconds + 60, "the video to end")
+    return player_state(browser)
+
+
+def only_the_emulator(state: dict, emu) -> None:
+    assert state["hosts"] == [urlsplit(emu.url).netloc], state["hosts"]  # no CDN, no time server: the emulator only
+
+
+@pytest.mark.timeout(240)
+def test_dash_js_plays_an_uploaded_file_on_demand(uploaded, browser):  # noqa: F811
+    emu = uploaded
+    url = on_demand_dash(emu, "cam")
+    play_in_console(browser, emu, url)
+    t0, t1, state = video_plays(browser)
+    assert state["protocol"] == "DASH" and state["url"] == url
+    assert (state["w"], state["h"]) == (640, 480), state
+    end = played_to_the_end(browser, FRAMES / FPS)
+    assert not end["errors"] and end["err"] is None, end
+    assert end["t"] == pytest.approx(FRAMES / FPS, abs=2 / FPS), end  # every segment played
+    only_the_emulator(end, emu)
+    print(f"\ndash.js ON_DEMAND: currentTime {t0:.2f} -> {t1:.2f} -> ended at {end['t']:.3f} s")
+
+
+@pytest.mark.timeout(240)
+def test_dash_js_plays_video_with_aac_sound(emulator, tmp_path, browser):  # noqa: F811
+    src = tmp_path / "in.mp4"
+    seconds = 4
+    make_av_file(src, seconds=seconds)
+    emulator.create_stream("av")
+    cfg = write_config(tmp_path / "c.yaml", config_dict(emulator, tmp_path / "buf", stream="av"))
+    r = subprocess.run([sys.executable, "-m", "kvs_edge", "upload", str(src), "--config", str(cfg)],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    play_in_console(browser, emulator, on_demand_dash(emulator, "av"))
+    _, _, state = video_plays(browser, advance=1.0)
+    assert (state["w"], state["h"]) == (W, H), state
+    end = played_to_the_end(browser, seconds)
+    assert not end["errors"] and end["err"] is None, end
+    assert end["t"] == pytest.approx(seconds, abs=0.2), end
+    assert end["audio_bytes"] > 0, end  # Chromium decoded the AAC track
+    only_the_emulator(end, emulator)
+
+
+@pytest.mark.timeout(240)
+def test_console_plays_the_live_test_pattern_over_dash(emulator, tmp_path, browser):  # noqa: F811
+    emulator.create_stream("cam")
+    cfg = write_config(tmp_path / "c.yaml", config_dict(emulator, tmp_path / "buf", fps=15, width=320, height=240,
+                                                         fragment_seconds=1))
+    proc = subprocess.Popen([sys.executable, "-m", "kvs_edge", "run", "--config", str(cfg)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: len(emulator.archive("cam")) >= 2, 60, "two fragments persisted")
+        browser.get(emulator.url + "/")
+        wait_until(lambda: browser.execute_script("return window.kvsConsole.protocol"), 60, "the console's player")
+        Select(browser.find_element("id", "protocol")).select_by_visible_text("DASH")  # the HLS/DASH switch
+        wait_until(lambda: player_state(browser)["protocol"] == "DASH", 30, "the console to switch to DASH")
+        t0, t1, state = video_plays(browser, advance=3.0)
+        assert "/dash/v1/getDASHManifest.mpd?SessionToken=" in state["url"]
+        assert (state["w"], state["h"]) == (320, 240), state
+        assert not state["paused"], state
+        only_the_emulator(state, emulator)
+        shot = save_screenshot(browser, "console-dash.png")
+        print(f"\nconsole (DASH) screenshot: {shot}  (video currentTime {t0:.2f} -> {t1:.2f} s)")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
