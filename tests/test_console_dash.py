@@ -100,7 +100,8 @@ def test_console_plays_the_live_test_pattern_over_dash(emulator, tmp_path, brows
         wait_until(lambda: browser.execute_script("return window.kvsConsole.protocol"), 60, "the console's player")
         Select(browser.find_element("id", "protocol")).select_by_visible_text("DASH")  # the HLS/DASH switch
         wait_until(lambda: player_state(browser)["protocol"] == "DASH", 30, "the console to switch to DASH")
-        t0, t1, state = video_plays(browser, advance=3.0)
+        # 8 s: well past the first LIVE window (5 fragments of 1 s), across manifest updates that slide it
+        t0, t1, state = video_plays(browser, advance=8.0)
         assert "/dash/v1/getDASHManifest.mpd?SessionToken=" in state["url"]
         assert (state["w"], state["h"]) == (320, 240), state
         assert not state["paused"], state

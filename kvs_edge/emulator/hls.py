@@ -187,6 +187,7 @@ class _Listed:
     entry: ArchiveEntry
     init_key: str
     discontinuity: bool
+    run_start: int = 0  # index in HlsSession.listed of the first fragment of its run of equal init_key (DASH Period)
 
 
 @dataclass
@@ -258,7 +259,8 @@ class HlsSession:
                     disc = abs(e.first_frame_ms - expected) > GAP_MS
                 if prev.init_key != it.init_key:
                     disc = True  # new codec private data: a new EXT-X-MAP, the decoder restarts
-            li = _Listed(e, it.init_key, disc)
+            same_run = prev is not None and prev.init_key == it.init_key
+            li = _Listed(e, it.init_key, disc, prev.run_start if same_run else len(self.listed))
             self.listed.append(li)
             self.by_number[e.fragment_number] = li
 
@@ -350,22 +352,27 @@ class HlsSession:
                          suggestedPresentationDelay="PT2S")
         out = ['<?xml version="1.0" encoding="UTF-8"?>',
                "<MPD " + " ".join(f'{k}="{v}"' for k, v in attrs.items()) + ">"]
+        # One Period per run of equal codec private data. In a dynamic MPD, Period@id must be present and must not
+        # change when the MPD is updated (ISO/IEC 23009-1, Period semantics): id, start and init segment come from the
+        # run's first fragment, also after the LIVE window moved past it (with ids that moved with the window,
+        # dash.js 5.2.1 took each update for a new Period and stopped after the first window: emulator defect, fixed).
         runs: list[list[_Listed]] = []
         for li in shown:
             if not runs or runs[-1][-1].init_key != li.init_key:
                 runs.append([])
             runs[-1].append(li)
         number = seq
-        for i, run in enumerate(runs):
-            start_ms = run[0].entry.first_frame_ms - base
-            out.append(f'<Period id="{number}" start="PT{start_ms / 1000:.3f}S">')
+        for run in runs:
+            begin = run[0].run_start
+            start_ms = self.listed[begin].entry.first_frame_ms - base
+            out.append(f'<Period id="{self.first_seq + begin}" start="PT{start_ms / 1000:.3f}S">')
             out.append('<AdaptationSet mimeType="video/mp4" segmentAlignment="true" startWithSAP="1">')
             size = f' width="{width}" height="{height}"' if width and height else ""
             out.append(f'<Representation id="1" codecs="{codecs}"{size} bandwidth="{max(1, bandwidth)}">')
             offset = start_ms * TIMESCALE // 1000
             out.append(f'<SegmentList timescale="{TIMESCALE}" presentationTimeOffset="{offset}" '
                        f'startNumber="{number}">')
-            first = run[0].entry.fragment_number
+            first = self.listed[begin].entry.fragment_number
             out.append(f'<Initialization sourceURL="{_xml(MP4_INIT + self._q(FragmentNumber=first))}"/>')
             out.append("<SegmentTimeline>")
             for li in run:
