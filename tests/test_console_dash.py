@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -18,6 +19,7 @@ from selenium.webdriver.support.ui import Select
 
 from support.appliance import config_dict, wait_until, write_config
 from support.avgen import H, W, make_av_file
+from support.h264gen import make_h264
 from test_console_browser import browser, player_state, save_screenshot, video_plays  # noqa: F401  (fixture)
 from test_emulator_hls import dash_url
 from test_read_api import FRAMES
@@ -73,10 +75,7 @@ def test_dash_js_plays_video_with_aac_sound(emulator, tmp_path, browser):  # noq
     seconds = 4
     make_av_file(src, seconds=seconds)
     emulator.create_stream("av")
-    cfg = write_config(tmp_path / "c.yaml", config_dict(emulator, tmp_path / "buf", stream="av"))
-    r = subprocess.run([sys.executable, "-m", "kvs_edge", "upload", str(src), "--config", str(cfg)],
-                       capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert r.returncode == 0, r.stderr
+    upload_file(emulator, tmp_path, src, "av")
     play_in_console(browser, emulator, on_demand_dash(emulator, "av"))
     _, _, state = video_plays(browser, advance=1.0)
     assert (state["w"], state["h"]) == (W, H), state
@@ -84,6 +83,35 @@ def test_dash_js_plays_video_with_aac_sound(emulator, tmp_path, browser):  # noq
     assert not end["errors"] and end["err"] is None, end
     assert end["t"] == pytest.approx(seconds, abs=0.2), end
     assert end["audio_bytes"] > 0, end  # Chromium decoded the AAC track
+    only_the_emulator(end, emulator)
+
+
+def upload_file(emu, tmp_path, src: Path, stream: str, *extra: str) -> None:
+    cfg = write_config(tmp_path / "c.yaml", config_dict(emu, tmp_path / "buf", stream=stream))
+    r = subprocess.run([sys.executable, "-m", "kvs_edge", "upload", str(src), "--config", str(cfg), *extra],
+                       capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.timeout(240)
+def test_dash_js_plays_across_a_codec_private_data_change(emulator, tmp_path, browser):  # noqa: F811
+    """The camera's resolution and profile change between two PutMedia sessions (new codec private data): the MPD has
+    two Periods with their own init segments, codecs and sizes, and dash.js plays from the first into the second."""
+    emulator.create_stream("cpd")
+    for i, (w, h, profile) in enumerate(((320, 240, "baseline"), (640, 480, "main"))):
+        src = tmp_path / f"{i}.h264"
+        src.write_bytes(make_h264(60, w, h, 30, profile=profile).annexb)
+        if i:  # `upload` stamps a file to end 1 s before now: the second 2-s file must not overlap the first
+            time.sleep(2.5)
+        upload_file(emulator, tmp_path, src, "cpd", "--fps", "30")
+    play_in_console(browser, emulator, on_demand_dash(emulator, "cpd"))
+    video_plays(browser, advance=0.5)
+    sizes = set()
+    wait_until(lambda: (st := player_state(browser))["errors"] or st["ended"] or sizes.add((st["w"], st["h"])),
+               120, "the video to end")
+    end = player_state(browser)
+    assert not end["errors"] and end["err"] is None, end
+    assert {(320, 240), (640, 480)} <= sizes, sizes  # both Periods were shown
     only_the_emulator(end, emulator)
 
 

@@ -517,11 +517,12 @@ def test_live_dash_periods_keep_their_id_and_start_as_the_window_slides():
     s = hls.HlsSession(p, "tok", t0 / 1000, stream="s")
     seen: dict[str, set] = {}
     for i in range(12):
-        e = ArchiveEntry(f"{i:04d}", t0 + i * 1000, t0 + i * 1000 + 1100, 1000, 15, [], "sess",
+        e = ArchiveEntry(f"{i:04d}", t0 + i * 1000, t0 + i * 1000 + 1100, 1000, 15, [], "a" if i < 8 else "b",
                          t0 + i * 1000, t0 + i * 1000 + 933)
-        s.add([hls.Item(e, "a" if i < 8 else "b")])  # new codec private data from fragment 8 on
+        s.add([hls.Item(e, e.session)])  # a second PutMedia session with new codec private data from fragment 8 on
         now = (t0 + i * 1000 + 1100) / 1000
-        mpd = ElementTree.fromstring(s.dash_manifest(now, "avc1.42c00c", 320, 240, 1000))
+        media = {"a": ("avc1.42c00c", 320, 240), "b": ("avc1.4d401e", 640, 480)}
+        mpd = ElementTree.fromstring(s.dash_manifest(now, lambda e: media[e.session], 1000))
         assert mpd.get("type") == "dynamic"
         utc = mpd.find("d:UTCTiming", MPD_NS)
         assert utc.get("schemeIdUri") == "urn:mpeg:dash:utc:direct:2014"
@@ -530,13 +531,16 @@ def test_live_dash_periods_keep_their_id_and_start_as_the_window_slides():
         for period in mpd.findall("d:Period", MPD_NS):
             seglist = period.find("d:AdaptationSet/d:Representation/d:SegmentList", MPD_NS)
             init = seglist.find("d:Initialization", MPD_NS).get("sourceURL")
+            rep = period.find("d:AdaptationSet/d:Representation", MPD_NS)
             seen.setdefault(period.get("id"), set()).add((period.get("start"), seglist.get("presentationTimeOffset"),
-                                                          init))
+                                                          init, rep.get("codecs"), rep.get("width")))
             start = int(seglist.get("startNumber"))
             urls = [u.get("media") for u in seglist.findall("d:SegmentURL", MPD_NS)]
             numbers += [(start + k, u.split("FragmentNumber=")[1][:4]) for k, u in enumerate(urls)]
         # the window: the newest 5 fragments, numbered by their media sequence number
         assert numbers == [(n, f"{n:04d}") for n in range(max(0, i - 4), i + 1)]
-    assert seen == {"0": {("PT0.000S", "0", "getMP4InitFragment.mp4?FragmentNumber=0000&SessionToken=tok")},
+    # each Period with its own codecs and picture size (the second run is 640x480 main profile)
+    assert seen == {"0": {("PT0.000S", "0", "getMP4InitFragment.mp4?FragmentNumber=0000&SessionToken=tok",
+                           "avc1.42c00c", "320")},
                     "8": {("PT8.000S", str(8 * hls.TIMESCALE),
-                           "getMP4InitFragment.mp4?FragmentNumber=0008&SessionToken=tok")}}
+                           "getMP4InitFragment.mp4?FragmentNumber=0008&SessionToken=tok", "avc1.4d401e", "640")}}

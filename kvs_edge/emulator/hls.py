@@ -332,9 +332,10 @@ class HlsSession:
 
 
     # ------------------------------------------------------------------ DASH
-    def dash_manifest(self, now: float, codecs: str, width: int | None, height: int | None, bandwidth: int) -> str:
+    def dash_manifest(self, now: float, media_of, bandwidth: int) -> str:
         """An MPD: one Period per run of fragments sharing codec private data, each a SegmentList (explicit URLs,
-        a SegmentTimeline on the session's 90 kHz timeline). ON_DEMAND is static; LIVE and LIVE_REPLAY are dynamic
+        a SegmentTimeline on the session's 90 kHz timeline) with the codecs and picture size of its run
+        (media_of(entry) -> (codecs, width, height))). ON_DEMAND is static; LIVE and LIVE_REPLAY are dynamic
         (re-fetched every second)."""
         p = self.params
         seq, shown = self.window()
@@ -367,6 +368,7 @@ class HlsSession:
             start_ms = self.listed[begin].entry.first_frame_ms - base
             out.append(f'<Period id="{self.first_seq + begin}" start="PT{start_ms / 1000:.3f}S">')
             out.append('<AdaptationSet mimeType="video/mp4" segmentAlignment="true" startWithSAP="1">')
+            codecs, width, height = media_of(run[0].entry)
             size = f' width="{width}" height="{height}"' if width and height else ""
             out.append(f'<Representation id="1" codecs="{codecs}"{size} bandwidth="{max(1, bandwidth)}">')
             offset = start_ms * TIMESCALE // 1000
