@@ -70,6 +70,13 @@ def test_console_api_shows_state_and_error_acks(emulator):
     url = web.console_session(emulator, "cam", time.time() + 60)
     playlist = requests.get(url.replace("getHLSMasterPlaylist", "getHLSMediaPlaylist"), timeout=30).text
     assert "#EXT-X-PLAYLIST-TYPE:VOD" in playlist and playlist.count("getMP4MediaFragment") == len(entries)
+    # the same choice for the DASH player, through GetDASHStreamingSessionURL's parameter names
+    url = requests.get(emulator.url + "/console/api/dash?stream=cam", timeout=30).json()["url"]
+    mpd = requests.get(url, timeout=30).text
+    assert "/dash/v1/getDASHManifest.mpd?SessionToken=" in url
+    assert 'type="dynamic"' in mpd and mpd.count("<SegmentURL ") == min(5, len(entries))
+    mpd = requests.get(web.console_session(emulator, "cam", time.time() + 60, "DASH"), timeout=30).text
+    assert 'type="static"' in mpd and mpd.count("<SegmentURL ") == len(entries)
     images = requests.get(emulator.url + "/console/api/images?stream=cam", timeout=30).json()
     assert len(images) == len(entries) and all("ImageContent" in i for i in images)
     missing = requests.get(emulator.url + "/console/api/fragments?stream=nope", timeout=30)
