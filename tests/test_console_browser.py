@@ -4,6 +4,7 @@ test pattern streamed live by `kvs-edge run`. The page loads, the stream's state
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -148,16 +149,27 @@ def save_screenshot(browser, name: str) -> Path:
     return shot
 
 
-@pytest.mark.timeout(240)
-def test_console_plays_the_live_test_pattern(emulator, tmp_path, browser):
+@contextlib.contextmanager
+def streaming_test_pattern(emulator, tmp_path):
+    """`kvs-edge run` streams the 320x240 test pattern (15 fps, 1-s fragments) to stream `cam` of the emulator; the
+    body runs once two fragments are persisted; it must exit 0 on SIGTERM afterwards."""
     emulator.create_stream("cam")
-    buf = tmp_path / "buf"
-    cfg = write_config(tmp_path / "c.yaml", config_dict(emulator, buf, fps=15, width=320, height=240,
+    cfg = write_config(tmp_path / "c.yaml", config_dict(emulator, tmp_path / "buf", fps=15, width=320, height=240,
                                                          fragment_seconds=1))
     proc = subprocess.Popen([sys.executable, "-m", "kvs_edge", "run", "--config", str(cfg)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: len(emulator.archive("cam")) >= 2, 60, "two fragments persisted")
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+
+
+@pytest.mark.timeout(240)
+def test_console_plays_the_live_test_pattern(emulator, tmp_path, browser):
+    with streaming_test_pattern(emulator, tmp_path):
         browser.get(emulator.url + "/")
         assert browser.title == "kvs-edge emulator console"
         t0, t1, state = video_plays(browser, fatal_only=True)  # hls.js recovers from its non-fatal errors itself
@@ -179,7 +191,3 @@ def test_console_plays_the_live_test_pattern(emulator, tmp_path, browser):
         time.sleep(0.5)  # let the player paint a few more frames for the screenshot
         shot = save_screenshot(browser, "console-browser.png")
         print(f"\nconsole screenshot: {shot}  (video currentTime {t0:.2f} -> {t1:.2f} s)")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err

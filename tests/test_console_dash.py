@@ -7,7 +7,6 @@ the emulator."""
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
@@ -20,7 +19,8 @@ from selenium.webdriver.support.ui import Select
 from support.appliance import config_dict, wait_until, write_config
 from support.avgen import H, W, make_av_file
 from support.h264gen import make_h264
-from test_console_browser import browser, player_state, save_screenshot, video_plays  # noqa: F401  (fixture)
+from test_console_browser import browser  # noqa: F401  (fixture)
+from test_console_browser import player_state, save_screenshot, streaming_test_pattern, video_plays
 from test_emulator_hls import dash_url
 from test_read_api import FRAMES
 from test_read_api import uploaded  # noqa: F401  (fixture: in.h264 by `kvs-edge upload`, 640x480, 30 fps)
@@ -117,13 +117,7 @@ def test_dash_js_plays_across_a_codec_private_data_change(emulator, tmp_path, br
 
 @pytest.mark.timeout(240)
 def test_console_plays_the_live_test_pattern_over_dash(emulator, tmp_path, browser):  # noqa: F811
-    emulator.create_stream("cam")
-    cfg = write_config(tmp_path / "c.yaml", config_dict(emulator, tmp_path / "buf", fps=15, width=320, height=240,
-                                                         fragment_seconds=1))
-    proc = subprocess.Popen([sys.executable, "-m", "kvs_edge", "run", "--config", str(cfg)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        wait_until(lambda: len(emulator.archive("cam")) >= 2, 60, "two fragments persisted")
+    with streaming_test_pattern(emulator, tmp_path):
         browser.get(emulator.url + "/")
         wait_until(lambda: browser.execute_script("return window.kvsConsole.protocol"), 60, "the console's player")
         Select(browser.find_element("id", "protocol")).select_by_visible_text("DASH")  # the HLS/DASH switch
@@ -136,7 +130,3 @@ def test_console_plays_the_live_test_pattern_over_dash(emulator, tmp_path, brows
         only_the_emulator(state, emulator)
         shot = save_screenshot(browser, "console-dash.png")
         print(f"\nconsole (DASH) screenshot: {shot}  (video currentTime {t0:.2f} -> {t1:.2f} s)")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err

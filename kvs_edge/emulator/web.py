@@ -5,10 +5,10 @@ Owns:
        /getDASHStreamingSessionURL
   GET  /hls/v1/<action>?SessionToken=   HLS master/media playlists, init and media segments, and the DASH manifest
   GET  /dash/v1/<action>?SessionToken=  with the same segments (the token is the only credential, as on the service)
-  GET  /  and  GET /console/...         the web console for a local developer: stream state, a live player (hls.js or
-                                        dash.js, shipped in kvs_edge/emulator/static/), thumbnails, the fragment list. These
-                                        routes are the emulator's own, unsigned and meant for localhost: the service
-                                        has no such thing.
+  GET  /  and  GET /console/...         the web console for a local developer: stream state, a live player (HLS
+                                        with hls.js or DASH with dash.js, shipped in kvs_edge/emulator/static/),
+                                        thumbnails, the fragment list. These routes are the emulator's own, unsigned
+                                        and meant for localhost: the service has no such thing.
 Everything else returns None and server.py carries on.
 """
 
