@@ -87,7 +87,7 @@ def test_console_api_shows_state_and_error_acks(emulator):
 @pytest.fixture
 def browser(tmp_path):
     if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("Chromium and chromedriver are missing: `make tools` installs them (apt: chromium chromium-driver)")
+        pytest.skip("Chromium and chromedriver are missing: `make interop-test` installs them (apt: chromium chromium-driver)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
