@@ -146,6 +146,17 @@ def say(msg: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------- guest
+def save_journal(vm: Vm) -> None:
+    """The guest's journal of this boot into the work folder (for a failed scenario; the VM is still up)."""
+    if vm.proc is None or vm.proc.poll() is not None:
+        return
+    try:
+        _, out, _ = vm.sh("journalctl -b --no-pager -o short-monotonic", timeout=120)
+        (vm.work / f"{vm.name}.journal.log").write_text(out)
+    except (OSError, TimeoutError, VmError):
+        pass
+
+
 def unit_props(vm: Vm, *props: str) -> dict[str, str]:
     out = vm.check(f"systemctl show {UNIT} -p {','.join(props)}")
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
@@ -242,7 +253,7 @@ def delivered(bed: Bed, vm: Vm, stream: str, camera: str | None = None) -> str:
     need("camera" in st, f"no status from the service: {st}")
     captured, refused = st["camera"]["frames"], st["frames_dropped"]
     if camera is not None:
-        captured = camera_entry(st, camera)["frames"]  # refused: the cameras' sum, a bound (0 in the runs here)
+        captured, refused = camera_entry(st, camera)["frames"], camera_entry(st, camera)["frames_dropped"]
     since_ms, until_ms = st["started_at"] * 1000, st["updated_at"] * 1000
     time.sleep(3 * FRAGMENT_S + 2)  # until everything captured by then is PERSISTED (the link is up)
     stored = len({ts for ts, _ in bed.frames(stream) if since_ms <= ts <= until_ms})
@@ -621,6 +632,7 @@ def main(argv=None) -> int:
     try:
         for name in args.only or SCENARIOS:
             fig: dict = {}
+            ok = False
             say(f"--- {name}: {SCENARIOS[name].__doc__.strip()}")
             t = time.time()
             try:
@@ -633,6 +645,8 @@ def main(argv=None) -> int:
                 traceback.print_exc()
             finally:
                 for vm in bed.vms:
+                    if not ok:
+                        save_journal(vm)
                     vm.stop()
             for k, v in fig.items():
                 say(f"    {k}: {v}")
