@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent / "vm"))
 
-from archive import audio_coverage, beep_offsets, check_sequence  # noqa: E402
+from archive import audio_coverage, beep_offsets, check_sequence, frame_lateness  # noqa: E402
 
 CLIP = 300
 MS = 1000 / 15
@@ -81,3 +81,11 @@ def test_beep_offsets_pair_each_beep_with_the_clip_frame_of_its_second():
     assert beep_offsets(beeps[:3], late, CLIP, 15) == [37 - 80] * 3
     # no frame of that second stored: the beep is left out
     assert beep_offsets([seconds[-1] + 100_000], run, CLIP, 15) == []
+
+
+def test_frame_lateness_is_the_stamp_minus_the_moment_the_feeder_wrote_the_frame():
+    t0 = 1_000_000_000 - 20 * 1000  # clip frame 0 written at a whole second (the clip plays since the epoch)
+    run = [(ts + 45, idx) for ts, idx in frames(0, 700, t0=t0)]
+    late = frame_lateness(run, CLIP, 15)  # the stamps are whole ms: 45 ms, less up to 1 ms of rounding
+    assert len(late) == 700 and all(44 < x <= 45 for x in late)
+    assert frame_lateness([(t0 + 10, -1)], CLIP, 15) == []

@@ -14,8 +14,9 @@ arrival time carries the scheduling jitter of every read. `AudioClock` does both
   once: the reads after it catch up). So lateness re-anchors only once it has lasted `confirm_s` of audio, by the
   least late arrival of that stretch (a caller that knows samples were lost says so: `discontinuity`, at once).
   Each re-anchor is counted in `resyncs` and returned in `Stamp.resync`, so the caller logs it. (Found in the VM test
-  bed: snd-aloop delivered 107 ms periods, one read in a few came a period late, and re-anchoring on it at once moved
-  the sound 107 ms forward and back again, overlapping blocks the fragmenter then dropped.)
+  bed, capturing from snd-aloop in 8 ms periods with an 8 s buffer, so no sample was lost: in the loaded TCG guest a
+  read now and then returned over 100 ms late, and re-anchoring on it at once moved the sound about 107 ms forward
+  and, at the next read on time, back again: overlapping blocks the fragmenter then dropped.)
 
 Timestamps are nanoseconds on the injected arrival clock (CLOCK_MONOTONIC in the appliance, like Frame.timestamp_ns).
 """

@@ -186,3 +186,15 @@ def beep_offsets(beeps_ms: list[float], frames: list[tuple[int, int]], clip_len:
             if abs(ts - b) < 500:
                 out.append(b - ts)
     return out
+
+
+def frame_lateness(frames: list[tuple[int, int]], clip_len: int, fps: int) -> list[float]:
+    """Pure: how long after the feeder wrote it (clip frame i at the moments t with floor(t * fps) = i mod the clip's
+    length, guest/feeder.py) each stored frame is stamped, in ms: the camera path's capture latency as stamped."""
+    out = []
+    for ts, idx in frames:
+        if idx < 0:
+            continue
+        tick = idx + clip_len * round((ts * fps / 1000 - idx) / clip_len)
+        out.append(ts - tick * 1000 / fps)
+    return out

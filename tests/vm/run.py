@@ -26,7 +26,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))  # support.av_sync: the beep onsets
 
-from archive import audio_coverage, beep_offsets, check_sequence, read_audio, read_frames  # noqa: E402
+from archive import (audio_coverage, beep_offsets, check_sequence, frame_lateness, read_audio,  # noqa: E402
+                     read_frames)
 from clip import make_clip  # noqa: E402
 from qemu import GUEST_EMULATOR_IP, Vm, VmError  # noqa: E402
 
@@ -267,6 +268,11 @@ def camera_entry(st: dict, name: str) -> dict:
     entry = [c for c in st.get("cameras") or [] if c.get("name") == name]
     need(entry, f"kvs-edge status names no camera {name}: {st.get('cameras')}")
     return entry[0]
+
+
+def spread(values: list[float]) -> str:
+    v = sorted(values)
+    return f"{len(v)}: median {v[len(v) // 2]:+.0f}, min {v[0]:+.0f}, max {v[-1]:+.0f}"
 
 
 def capture_gaps(gaps) -> str:
@@ -554,13 +560,13 @@ def s7_cameras(bed: Bed, fig: dict) -> None:
     fig["capture side (hw_params)"] = ", ".join(f"{k} {hwp.get(k)}" for k in ("rate", "period_size", "buffer_size"))
     _, player, _ = vm.sh("journalctl -u vmtest-sound --no-pager -o cat | tail -n 5")
     fig["player (guest/player.py)"] = " / ".join(player.strip().splitlines())[:300]
-    offsets = beep_offsets(beep_onsets(track.chunks), bed.frames(streams[0]), bed.clip_len, FPS)
-    if offsets:
-        fig["beep - clip frame of the same second, in the archive (ms)"] = \
-            f"{len(offsets)} beeps: median {sorted(offsets)[len(offsets) // 2]:+.0f}, min {min(offsets):+.0f}, " \
-            f"max {max(offsets):+.0f}"
-    else:
-        fig["beep - clip frame of the same second, in the archive (ms)"] = "no beep paired with a frame"
+    beeps = beep_onsets(track.chunks)
+    offsets = beep_offsets(beeps, bed.frames(streams[0]), bed.clip_len, FPS)
+    fig["beep - clip frame of the same second, in the archive (ms)"] = spread(offsets) if offsets else \
+        "no beep paired with a frame"
+    fig["stamped after played/written (ms): sound (beep - its second), picture (frame - its moment)"] = \
+        f"sound {spread([b - round(b / 1000) * 1000 for b in beeps])}; " \
+        f"picture {spread(frame_lateness(bed.frames(streams[0]), bed.clip_len, FPS))}"
 
     # isolation: camera b's feeder frozen (its device stays, frames stop)
     p0 = unit_props(vm, "NRestarts", "MainPID")
