@@ -532,6 +532,8 @@ def s7_cameras(bed: Bed, fig: dict) -> None:
         f"; audio {st['audio']}"
     for name, stream in zip("ab", streams):
         frames, rep = stream_figures(bed, stream)
+        fig[f"{stream}: first frame stored after the service started (s)"] = \
+            round(min(ts for ts, _ in frames) / 1000 - st["started_at"], 1)
         need(rep.frames >= 20 * FPS, f"{stream}: only {rep.frames} frames stored after 30 s of streaming")
         fig[f"{stream}: frames stored, in order"] = f"{rep.frames}; {delivered(bed, vm, stream, name)}"
         fig[f"{stream}: camera frames the service never captured"] = capture_gaps(rep.gaps)
@@ -610,6 +612,7 @@ def s7_cameras(bed: Bed, fig: dict) -> None:
         round((min(after) - cont_ms) / 1000, 1)
     p2 = unit_props(vm, "NRestarts", "MainPID")
     need(p2 == {k: p0[k] for k in p2}, f"the service restarted during the scenario: {p0} -> {p2}")
+    save_journal(vm)  # kept with --keep: the two cameras' and the sound's lines
     vm.stop()
 
 
