@@ -160,7 +160,13 @@ class Fragmenter:
         sps: list[bytes] = []
         pps: list[bytes] = []
         has_slice = has_idr = is_b = False
+        # the SimpleBlock's pieces are gathered in the same pass: head, then each NAL unit's 4-byte length and a view
+        mv = memoryview(data)
+        parts: list = [b""]
+        size = 4 * len(spans)
         for s, e in spans:
+            parts += ((e - s).to_bytes(4, "big"), mv[s:e])
+            size += e - s
             h = data[s]
             t = h & 0x1F
             if t == NAL_SLICE:
@@ -268,15 +274,9 @@ class Fragmenter:
                 return ev
 
         # SimpleBlock with the AVCC payload (4-byte lengths), joined from views of `data`: one copy
-        mv = memoryview(data)
-        parts: list = [b""]
-        size = 4 * len(spans)
-        for n in prefix:
-            parts += (len(n).to_bytes(4, "big"), n)
-            size += 4 + len(n)
-        for s, e in spans:
-            parts += ((e - s).to_bytes(4, "big"), mv[s:e])
-            size += e - s
+        if prefix:  # parameter sets that came on their own go first
+            parts[1:1] = [x for n in prefix for x in (len(n).to_bytes(4, "big"), n)]
+            size += sum(4 + len(n) for n in prefix)
         parts[0] = simple_block_head(timestamp_ms - self._frag_first, key, size)
         self._frag_last = self._last_ms = timestamp_ms
         self._frag_frames += 1
