@@ -57,7 +57,7 @@ sdk: sdk-tools
 	bash tools/kvs-sdk/build.sh
 
 test: $(STAMP) tools sdk-tools
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # In a terminal it ends with the emulator's web console URL and streams live until Ctrl-C (--watch); elsewhere it exits.
 demo: $(STAMP)

@@ -14,6 +14,7 @@ _PUBLIC = {
     "Producer": "kvs_edge.producer",
     "ProducerStats": "kvs_edge.producer",
     "ProducerError": "kvs_edge.producer",
+    "AudioFormat": "kvs_edge.producer",
     "FrameError": "kvs_edge.media.access_unit",
     "TagError": "kvs_edge.media.fragment_tags",
     "Connected": "kvs_edge.kvs.uploader",
@@ -28,7 +29,7 @@ if TYPE_CHECKING:  # for type checkers and pdoc: the same names, imported eagerl
     from kvs_edge.kvs.uploader import Connected, Disconnected, FragmentPersisted, FragmentSkipped
     from kvs_edge.media.access_unit import FrameError
     from kvs_edge.media.fragment_tags import TagError
-    from kvs_edge.producer import Producer, ProducerError, ProducerStats
+    from kvs_edge.producer import AudioFormat, Producer, ProducerError, ProducerStats
 
 
 def __getattr__(name: str):

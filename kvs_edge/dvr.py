@@ -22,13 +22,13 @@ import io
 import json
 import logging
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from kvs_edge.errors import KvsEdgeError
 from kvs_edge.log import segment as fmt
 from kvs_edge.media.mkv import CLUSTER_HEAD_SIZE, SEGMENT_UID, encode_id, encode_size, retime_cluster_head
+from kvs_edge.replace_file import replacing
 
 log = logging.getLogger("kvs_edge.dvr")
 
@@ -133,24 +133,15 @@ def export_clip(fragments: list[RecordedFragment], output: str | os.PathLike) ->
         log.warning("the video format changes after %d fragments: exporting up to there", cut)
         fragments = fragments[:cut]
     blob = session_bytes(fragments)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=out_path.suffix, dir=out_path.parent or ".")
-    os.close(fd)
     frames = 0
-    try:
-        with av.open(io.BytesIO(blob), format="matroska") as src, av.open(tmp, "w", format=fmt_name) as dst:
-            ins = src.streams.video[0]
-            outs = dst.add_stream_from_template(ins)
-            for pkt in src.demux(ins):
-                if pkt.dts is None:
-                    continue
-                pkt.stream = outs
-                dst.mux(pkt)
-                frames += 1
-        os.replace(tmp, out_path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with replacing(out_path, suffix=out_path.suffix) as tmp, av.open(io.BytesIO(blob), format="matroska") as src, \
+            av.open(tmp, "w", format=fmt_name) as dst:
+        ins = src.streams.video[0]
+        outs = dst.add_stream_from_template(ins)
+        for pkt in src.demux(ins):
+            if pkt.dts is None:
+                continue
+            pkt.stream = outs
+            dst.mux(pkt)
+            frames += 1
     return frames

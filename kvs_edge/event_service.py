@@ -4,6 +4,8 @@
 Otherwise it holds:
     gate      UploadGate over the appliance's fragment log; the uploader reads through it
     control   ControlServer on events.control_socket: `trigger` (-> gate.trigger) and `status`
+    retention a timer thread releasing video older than buffer.retain_seconds (gate.expire), also while the
+              uploader cannot reach KVS
     motion    (events.motion) pictures go to a one-slot queue (dropped when the detector is busy, never blocking the
               camera) and the detector thread compares them at most events.motion_fps times a second; each motion
               triggers the gate ("motion"). On the Pi camera the pictures are the luma of Picamera2's lores stream
@@ -154,6 +156,8 @@ class EventService:
         self.control: ControlServer | None = None
         self.motion: MotionTap | None = None
         self._started_at = time.time()
+        self._stop = threading.Event()
+        self._expiry: threading.Thread | None = None
         if app.cfg.events.motion:
             self.motion = MotionTap(app.cfg, gate, app.source)
             app.pipeline.emit = self.motion.wrap(app.pipeline.emit)
@@ -173,12 +177,29 @@ class EventService:
                       getattr(e, "strerror", None) or e)
         if self.motion is not None:
             self.motion.start()
+        if self.gate.retain_ms is not None:
+            self._stop.clear()
+            self._expiry = threading.Thread(target=self._expire_loop, name="kvs-edge-retention", daemon=True)
+            self._expiry.start()
 
     def stop(self) -> None:
+        self._stop.set()
+        if self._expiry is not None:
+            self._expiry.join(5.0)
         if self.control is not None:
             self.control.stop()
         if self.motion is not None:
             self.motion.stop()
+
+    def _expire_loop(self) -> None:
+        """buffer.retain_seconds holds on its own clock: the uploader's scans expire video too, but it does not scan
+        while it cannot reach KVS (no network, no credentials), which is when the device records the longest."""
+        every = min(10.0, max(1.0, self.gate.retain_ms / 4000))
+        while not self._stop.wait(every):
+            try:
+                self.gate.expire()
+            except Exception:  # a failed pass is retried at the next; recording never depends on it
+                log.exception("expiring video older than buffer.retain_seconds failed")
 
     def _trigger(self, req: dict) -> dict:
         seconds = req.get("seconds", 0)

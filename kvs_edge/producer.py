@@ -3,6 +3,7 @@
     from kvs_edge import Producer
     with Producer("my-stream", region="eu-west-1") as p:
         p.put_frame(access_unit)                  # one H.264 access unit, Annex B; never waits for the network
+        p.put_audio(aac_frame)                    # with Producer(..., audio=AudioFormat(48000, 1)): track 2, AAC
         p.put_metadata("camera", "front")         # a tag on the next fragment
         p.flush(timeout=30)                       # True once everything put so far is PERSISTED
 
@@ -27,9 +28,11 @@ from kvs_edge.config import PRODUCER_BUFFER_MAX_BYTES, Config, StreamConfig, par
 from kvs_edge.errors import KvsEdgeError
 from kvs_edge.kvs.control import ControlPlane
 from kvs_edge.kvs.uploader import Connected, Disconnected, FragmentPersisted, FragmentSkipped
+from kvs_edge.media.aac import AacError, build_asc, is_adts, parse_asc, split_adts
 from kvs_edge.media.access_unit import FrameError, check_access_unit, frame_timestamp_ns
 from kvs_edge.media.fragment_tags import FragmentTags, TagError
-from kvs_edge.media.frame import Frame
+from kvs_edge.media.fragmenter import AudioTrack
+from kvs_edge.media.frame import AudioFrame, Frame
 from kvs_edge.pipeline import Pipeline
 from kvs_edge.sources import audio_beside
 from kvs_edge.stream_link import StreamLink
@@ -61,13 +64,46 @@ class ProducerStats:
     fragments_evicted: int  # dropped from a full buffer
     connection: str  # "connecting" | "connected" | "offline"
     last_error: str | None
+    audio_frames: int = 0  # AAC frames accepted by put_audio
+    audio_frames_dropped: int = 0  # the muxer's queue was full
+
+
+@dataclass(frozen=True)
+class AudioFormat:
+    """The Producer's audio track (track 2, AAC, in the same fragments as the video).
+
+    sample_rate, channels: what the AAC frames given to put_audio hold. asc: the encoder's AudioSpecificConfig (its
+    codec private data, 2 or 5 bytes, e.g. PyAV's `codec_context.extradata`); None writes AAC-LC's for sample_rate
+    and channels. KVS plays back only a 2- or 5-byte config (docs/kvs-putmedia.md).
+    """
+
+    sample_rate: int = 48000
+    channels: int = 1
+    asc: bytes | None = None
+
+    def track(self) -> AudioTrack:
+        """The checked track; ProducerError says what does not fit."""
+        try:
+            asc = bytes(self.asc) if self.asc is not None else build_asc(self.sample_rate, self.channels)
+            cfg = parse_asc(asc)
+        except AacError as e:
+            raise ProducerError(f"audio: {e}") from None
+        if (cfg.sample_rate, cfg.channels) != (self.sample_rate, self.channels):
+            raise ProducerError(f"audio: the AudioSpecificConfig says {cfg.sample_rate} Hz, {cfg.channels} channel(s); "
+                                f"AudioFormat says {self.sample_rate} Hz, {self.channels}: make them agree")
+        return AudioTrack(asc, cfg.sample_rate, cfg.channels)
 
 
 class _CallerSource:
-    """The Producer's source: the frames come from put_frame on the caller's thread."""
+    """The Producer's source: the frames come from put_frame (and put_audio) on the caller's thread."""
 
     error = None
     finished = False
+
+    def __init__(self, audio: AudioTrack | None = None) -> None:
+        self.audio = audio  # read by the Pipeline when it declares the audio track
+        if audio is not None:
+            self.on_audio = None  # the Pipeline sets it (emit_audio); put_audio calls the Pipeline directly
 
     def start(self, emit) -> None:
         pass
@@ -155,6 +191,7 @@ class Producer:
         create_stream: create the stream when it does not exist.
         metadata: static tags written on every fragment ({name: value}).
         on_event: called on the Producer's event thread with each event (see `events()`).
+        audio: an AudioFormat to add an AAC track fed by `put_audio` (None: video only).
     """
 
     def __init__(self, stream_name: str, region: str | None = None, credentials: Any = None,
@@ -162,7 +199,8 @@ class Producer:
                  fragment_seconds: float = StreamConfig.fragment_seconds, buffer_path: str | None = None,
                  buffer_max_bytes: str | int = PRODUCER_BUFFER_MAX_BYTES, create_stream: bool = False, *,
                  metadata: dict[str, str] | None = None,
-                 on_event: Callable[[ProducerEvent], None] | None = None) -> None:
+                 on_event: Callable[[ProducerEvent], None] | None = None,
+                 audio: AudioFormat | None = None) -> None:
         from kvs_edge.log import FragmentLog
         from kvs_edge.log.memory_log import MemoryLog
 
@@ -177,13 +215,16 @@ class Producer:
         if buffer_path is not None:
             data["buffer"]["path"] = str(buffer_path)
         cfg = parse_config(data, "Producer")  # ConfigError: every problem, one per line
+        if audio is not None and not isinstance(audio, AudioFormat):
+            raise ProducerError(f"audio: expected an AudioFormat or None, got {type(audio).__name__}")
+        track = audio.track() if audio is not None else None
         creds = _credentials(credentials, cfg)
         if buffer_path is None:
             frag_log = MemoryLog(cfg.buffer.max_bytes)
         else:
             frag_log = FragmentLog(cfg.buffer.path, cfg.buffer.max_bytes, sync_interval_s=cfg.buffer.sync_seconds)
-        self._build(cfg, credentials=creds, timebase=FixedOffset(0), fragment_log=frag_log, source=_CallerSource(),
-                    on_event=on_event)
+        self._build(cfg, credentials=creds, timebase=FixedOffset(0), fragment_log=frag_log,
+                    source=_CallerSource(track), on_event=on_event, caller_audio=track is not None)
         self.start()
 
     @classmethod
@@ -198,7 +239,7 @@ class Producer:
         return self
 
     def _build(self, cfg: Config, *, credentials, timebase, fragment_log, source, on_event,
-               control: ControlPlane | None = None, audio: bool = False) -> None:
+               control: ControlPlane | None = None, audio: bool = False, caller_audio: bool = False) -> None:
         self.cfg = cfg
         self.credentials = credentials
         self.timebase = timebase
@@ -210,7 +251,7 @@ class Producer:
                                  tags=FragmentTags(dict(cfg.metadata.tags)),
                                  # source.audio (issue 14): the camera source's own sound, or a microphone beside it
                                  **({"audio": cfg.source.audio is not None, "audio_source": audio_beside(cfg.source)}
-                                    if audio else {}))
+                                    if audio else {"audio": caller_audio}))
         self.link = StreamLink(self, self.pipeline.events)
         self.pipeline.uploader = self.link
         self._on_event = on_event
@@ -218,6 +259,8 @@ class Producer:
         self._lock = threading.Lock()  # put_frame's own state (one feeding thread, but be safe)
         self._last_ms: int | None = None
         self._frames = 0
+        self._last_audio_ms: int | None = None
+        self._audio_frames = 0
         self._skipped: list[int] = []
         self._answered = -1  # highest seq with a PERSISTED or skipped event
         self._dispatcher: threading.Thread | None = None
@@ -278,6 +321,42 @@ class Producer:
             self._last_ms = ts // 1_000_000
             self._frames += 1
         self.pipeline.emit(Frame(bytes(access_unit), ts, detected if key is None else bool(key)))
+
+    def put_audio(self, aac_frame: bytes, timestamp_ns: int | None = None) -> None:
+        """Queue one AAC frame (raw, or with its ADTS header) for the audio track. Never waits for the network.
+
+        timestamp_ns: wall-clock (epoch) nanoseconds of the frame's first sample, on the same clock as put_frame's
+            (None stamps it now). Must increase by >= 1 ms. Video and audio are written in timestamp order: the muxer
+            holds video up to 1 s for audio to catch up, then goes on video only (audio that comes later is
+            declared again at the next key frame it reaches).
+        Raises ProducerError when the Producer has no audio (give `audio=AudioFormat(...)`) or is closed; FrameError
+        for an empty frame, ADTS of another configuration or several frames in one call, a timestamp that does not
+        increase.
+        """
+        if self._closed:
+            raise ProducerError("put_audio after close(): create a new Producer")
+        track = self.pipeline.source.audio if isinstance(self.pipeline.source, _CallerSource) else None
+        if track is None:
+            raise ProducerError("put_audio needs an audio track: Producer(..., audio=AudioFormat(sample_rate, "
+                                "channels))")
+        data = bytes(aac_frame)
+        if is_adts(data):
+            try:
+                asc, units = split_adts(data)
+                same = parse_asc(asc) == parse_asc(track.asc)
+            except AacError as e:
+                raise FrameError(f"put_audio: {e}") from None
+            if len(units) != 1 or not same:
+                raise FrameError("put_audio: give one AAC frame per call, in the AudioFormat's configuration "
+                                 f"({track.sample_rate} Hz, {track.channels} channel(s))")
+            data = units[0]
+        if not data:
+            raise FrameError("put_audio: an empty AAC frame")
+        with self._lock:
+            ts = frame_timestamp_ns(timestamp_ns, self._last_audio_ms, time.time_ns())
+            self._last_audio_ms = ts // 1_000_000
+            self._audio_frames += 1
+        self.pipeline.emit_audio(AudioFrame(data, ts))
 
     def put_metadata(self, name: str, value: str, persistent: bool = False) -> None:
         """Tag the next fragment (the one that starts after this call) with name=value; persistent=True tags every
@@ -345,7 +424,8 @@ class Producer:
                              fragments_persisted=c.fragments_persisted, fragments_skipped=c.fragments_skipped,
                              backlog_fragments=st.fragments, backlog_bytes=st.bytes,
                              fragments_evicted=st.evicted_fragments, connection=self.link.state,
-                             last_error=self.link.last_error)
+                             last_error=self.link.last_error, audio_frames=self._audio_frames,
+                             audio_frames_dropped=c.audio_frames_dropped)
 
     def _dispatch_loop(self) -> None:
         """The event thread: the only one that applies the muxer and uploader threads' events (as the appliance's
@@ -379,4 +459,4 @@ class Producer:
                     pass
 
 
-__all__ = ["Producer", "ProducerStats", "ProducerError", "FrameError", "TagError", "ProducerEvent"]
+__all__ = ["Producer", "ProducerStats", "ProducerError", "AudioFormat", "FrameError", "TagError", "ProducerEvent"]

@@ -104,6 +104,8 @@ class UploadGate:
         self.folder = Path(folder) if folder is not None else None
         self.stats = GateStats()
         self._lock = threading.Lock()
+        # one scan of the log at a time: the uploader's (next_fragment, paused, release) and the appliance's expiry timer
+        self._scan_lock = threading.RLock()
         self._triggers: list[Trigger] = []
         self._counted_seq = -1  # recorded-bytes bookkeeping: complete fragments up to here are counted
         self._uploaded: set[int] = set()
@@ -197,6 +199,21 @@ class UploadGate:
 
     def _select(self, after_seq: int | None):
         """(the oldest selected fragment after after_seq or None, the newest seq in the log or None)."""
+        with self._scan_lock:
+            return self._select_locked(after_seq)
+
+    def expire(self) -> int:
+        """Release what buffer.retain_seconds no longer keeps, without selecting anything: the appliance calls it on
+        its own timer (event_service.py), so that local retention holds while the uploader is not asking for
+        fragments (the control plane unreachable, no credentials yet). Returns the fragments released."""
+        if self.retain_ms is None:
+            return 0
+        with self._scan_lock:
+            before = len(self.log.fragments())
+            self._select_locked(-1, expire_only=True)
+            return before - len(self.log.fragments())
+
+    def _select_locked(self, after_seq: int | None, expire_only: bool = False):
         infos = self.log.fragments()
         self._count_recorded(infos)
         now = self.now_ms()
@@ -212,7 +229,8 @@ class UploadGate:
             d = self._decide(info, spans, now, window)
             if d is Decision.EXPIRED and info.complete:
                 self._expire(info)
-            elif d is Decision.UPLOAD and chosen is None and (after_seq is None or info.seq > after_seq):
+            elif d is Decision.UPLOAD and chosen is None and not expire_only and (after_seq is None
+                                                                                 or info.seq > after_seq):
                 chosen = info
         if after_seq is None:
             self.idle = chosen is None
@@ -302,9 +320,10 @@ class UploadGate:
     def release(self, seq: int) -> None:
         """The uploader got `seq` acknowledged: never offer it again; the log keeps it for the DVR."""
         info = self.log.info(seq)
-        if info is None or seq in self._uploaded:
-            return
-        self._uploaded.add(seq)
+        with self._scan_lock:
+            if info is None or seq in self._uploaded:
+                return
+            self._uploaded.add(seq)
         self.stats.fragments_uploaded += 1
         self.stats.bytes_uploaded += info.size
         if self.folder is not None:

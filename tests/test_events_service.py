@@ -181,3 +181,33 @@ def test_motion_in_the_running_appliance_uploads_one_event_around_it(emulator, t
     assert all("kvs-edge.event=motion" in e.tags for e in got)
     ev = _run("events", "--dir", str(tmp_path / "buf"))
     assert ev.stdout.count("motion") == 1, ev.stdout
+
+
+@pytest.mark.timeout(120)
+def test_retention_holds_while_kvs_cannot_be_reached(emulator, tmp_path):
+    """buffer.retain_seconds bounds the recorded span also when the uploader never gets to ask for fragments (the
+    control plane refuses connections), which is when a device records the longest."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on: every control-plane call is refused
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    buf = tmp_path / "buf"
+    data = config_dict(emulator, buf, upload={"mode": "events"},
+                       events={"pre_seconds": 2, "post_seconds": 1, "control_socket": str(tmp_path / "c.sock")},
+                       buffer={"retain_seconds": 3})
+    data["aws"]["endpoint_url"] = f"http://127.0.0.1:{dead}"
+    status = buf / "status.json"
+    proc = _start(write_config(tmp_path / "c.yaml", data))
+    try:
+        wait_until(lambda: _status(status).get("state") is not None, 60, "the status file")
+        started = time.monotonic()
+        wait_until(lambda: time.monotonic() - started > 12 and (_status(status).get("camera") or {}).get("frames"),
+                   60, "12 s of recording")
+        up = _status(status)["upload"]
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    assert up["fragments_expired"] > 0, (up, err[-2000:])
+    # 3 s kept, plus the fragment being written, the one just closed and one pass of the 1 s timer
+    assert up["retained_s"] <= 3 + 1 + 1 + 1.5, (up, err[-2000:])

@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -23,6 +22,7 @@ from kvs_edge.errors import EXIT_OK, EXIT_USAGE, UsageError
 from kvs_edge.media import h264, mkv
 from kvs_edge.media.av_muxer import AvMuxer
 from kvs_edge.media.fragmenter import AudioTrack, FragmentStart, FrameWritten, Notice, SessionStart
+from kvs_edge.replace_file import replacing
 
 MUX_FRAGMENT_MS = 1000
 
@@ -237,30 +237,19 @@ def mux_file(input_path: str, out: BinaryIO, fps: float | Fraction, start_ms: in
 def main(args) -> int:
     output = args.output
     start_ms = args.start_ms if args.start_ms is not None else int(time.time() * 1000)
-    out_dir = os.path.dirname(os.path.abspath(output))
+    umask = os.umask(0)
+    os.umask(umask)
+    opened = False  # the output's folder took the temporary file: an OSError after that is a write failure
     try:
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{os.path.basename(output)}.", suffix=".tmp")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-    except OSError as e:
-        print(f"kvs-edge mux: cannot write {output}: {e.strerror}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        with os.fdopen(fd, "wb") as f:
+        with replacing(output, mode=0o666 & ~umask) as tmp, open(tmp, "wb") as f:
+            opened = True
             res = mux_file(args.input, f, args.fps, start_ms, audio_path=getattr(args, "audio", None))
-        os.replace(tmp, output)
     except UnusableInput as e:
-        _unlink(tmp)
         print(f"kvs-edge mux: {e}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as e:
-        _unlink(tmp)
         print(f"kvs-edge mux: cannot write {output}: {e.strerror or e}", file=sys.stderr)
-        return 1
-    except BaseException:
-        _unlink(tmp)
-        raise
+        return 1 if opened else EXIT_USAGE
     for w in res.warnings:
         print(f"kvs-edge mux: note: {w}", file=sys.stderr)
     audio = f" and {res.audio_frames} audio frames" if res.audio_frames else ""
@@ -268,9 +257,3 @@ def main(args) -> int:
           f"{res.bytes_written} bytes")
     return EXIT_OK
 
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kvs_edge.config import Config, ConfigError, config_warnings, has_placeholders, load_config
+from kvs_edge.replace_file import replacing
 
 log = logging.getLogger(__name__)
 
@@ -161,22 +162,15 @@ def _copy_keep_owner(src: Path, dst: Path) -> None:
 def write_atomically(dst: Path, data: bytes, mode: int, uid: int = -1, gid: int = -1) -> None:
     """dst holds `data` with `mode` (and owner uid:gid when allowed) from the first byte: written to a temporary file
     in its folder, synced, renamed over dst; a power cut leaves the old or the new file."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), mode)
-            if uid >= 0:
-                try:
-                    os.fchown(f.fileno(), uid, gid)
-                except PermissionError:
-                    pass
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, dst)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with replacing(dst, mode=mode) as tmp_name, open(tmp_name, "wb") as f:
+        if uid >= 0:
+            try:
+                os.fchown(f.fileno(), uid, gid)
+            except PermissionError:
+                pass
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _reject(source: Path, target: Path, messages: list[str], now: datetime.datetime | None) -> Result:

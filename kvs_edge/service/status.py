@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from kvs_edge.replace_file import replacing
 
 SCHEMA_VERSION = 1
 STALE_AFTER_S = 30.0  # the service rewrites the file every few seconds; older means it is gone or hung
@@ -38,18 +39,8 @@ def write_status(path: str | os.PathLike[str], status: dict[str, Any]) -> None:
     """
     path = Path(path)
     data = json.dumps(status, separators=(",", ":"), sort_keys=True).encode("utf-8") + b"\n"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with replacing(path, mode=0o644) as tmp, open(tmp, "wb") as f:
+        f.write(data)
 
 
 def read_status(path: str | os.PathLike[str]) -> dict[str, Any]:
