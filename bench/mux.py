@@ -1,6 +1,7 @@
 """Mux benchmark: kvs-edge's fragmenter + MKV writer vs PyAV's own Matroska muxer (libavformat, C), same packets.
 
     python bench/mux.py [--seconds 60] [--width 1920 --height 1080 --fps 30 --bitrate 8000000] [--repeat 3]
+    python bench/mux.py --sink null      # write to /dev/null: the muxing alone, without the file system's cost
     python bench/mux.py --profile 20     # cProfile of our worker: the 20 functions with the most own time
 
 The H.264 input is encoded once with PyAV's libx264 (not timed) and cached in the temp folder. Each measurement runs
@@ -65,10 +66,17 @@ def peak_kib() -> int:
 def fresh(dst: str) -> None:
     """Remove the previous run's output: overwriting it through O_TRUNC makes ext4 (auto_da_alloc) start writing the
     new data back on close(), on the writer's CPU time, which would add ~15 ms of noise to whichever run hits it."""
+    if dst == os.devnull:
+        return
     try:
         os.unlink(dst)
     except FileNotFoundError:
         pass
+
+
+def out_size(dst: str, written: int | None = None) -> int | None:
+    """Bytes of the output (what we counted when writing to /dev/null; None when nobody counted)."""
+    return written if dst == os.devnull else os.path.getsize(dst)
 
 
 def load_units(path: str) -> list[tuple[bytes, bool]]:
@@ -95,12 +103,13 @@ def work_ours(src: str, dst: str, fps: int, profile: int = 0) -> dict:
     frag = Fragmenter(target_ms=2000)
     with open(dst, "wb", buffering=OUT_BUFFER) as out:
         write = out.write
+        written = 0  # counted: a BufferedWriter on /dev/null cannot tell
         for i, (data, key) in enumerate(units):
             for e in frag.push(data, start + i * 1000 // fps, key):
                 if type(e) in (FrameWritten, FragmentStart, SessionStart):
-                    write(e.header if type(e) is SessionStart else e.data)
+                    written += write(e.header if type(e) is SessionStart else e.data)
         frag.close()
-        write(mkv.end_of_fragment_tag())
+        written += write(mkv.end_of_fragment_tag())
     cpu = time.process_time() - t0
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     if profile:
@@ -108,7 +117,7 @@ def work_ours(src: str, dst: str, fps: int, profile: int = 0) -> dict:
         prof.disable()
         pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(profile)
     return {"cpu": cpu, "user": r1.ru_utime - r0.ru_utime, "sys": r1.ru_stime - r0.ru_stime, "peak_kib": peak_kib() - rss0, "peak_abs_kib": peak_kib(),
-            "minflt": r1.ru_minflt - r0.ru_minflt, "frames": frag.stats.frames_written, "bytes": os.path.getsize(dst)}
+            "minflt": r1.ru_minflt - r0.ru_minflt, "frames": frag.stats.frames_written, "bytes": out_size(dst, written)}
 
 
 def work_libav(src: str, dst: str, fps: int) -> dict:
@@ -140,7 +149,7 @@ def work_libav(src: str, dst: str, fps: int) -> dict:
         cpu = time.process_time() - t0
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     return {"cpu": cpu, "user": r1.ru_utime - r0.ru_utime, "sys": r1.ru_stime - r0.ru_stime, "peak_kib": peak_kib() - rss0, "peak_abs_kib": peak_kib(),
-            "minflt": r1.ru_minflt - r0.ru_minflt, "frames": len(packets), "bytes": os.path.getsize(dst)}
+            "minflt": r1.ru_minflt - r0.ru_minflt, "frames": len(packets), "bytes": out_size(dst)}
 
 
 def encode(path: Path, seconds: float, width: int, height: int, fps: int, bitrate: int) -> None:
@@ -161,6 +170,8 @@ def main() -> int:
     ap.add_argument("--fps", type=int, default=30)
     ap.add_argument("--bitrate", type=int, default=8_000_000)
     ap.add_argument("--repeat", type=int, default=3, help="runs per muxer; the median is shown")
+    ap.add_argument("--sink", choices=["file", "null"], default="file",
+                    help="write each output to a new file in a temporary folder (default), or to /dev/null")
     ap.add_argument("--profile", type=int, default=0, metavar="N",
                     help="run our muxer once under cProfile and print its N functions with the most own time")
     ap.add_argument("--worker", choices=WORKERS, help=argparse.SUPPRESS)
@@ -181,25 +192,30 @@ def main() -> int:
     src = Path(tempfile.gettempdir()) / name
     if not src.exists():
         encode(src, a.seconds, a.width, a.height, a.fps, a.bitrate)
+    def dst(tmp: str, worker: str) -> str:
+        return os.devnull if a.sink == "null" else os.path.join(tmp, f"{worker}.mkv")
+
     if a.profile:
         with tempfile.TemporaryDirectory() as tmp:
             for w in ("ours", "ours-numpy"):
                 print(f"\n{LABELS[w]}", file=sys.stderr)
                 subprocess.run([sys.executable, __file__, "--worker", w, "--src", str(src), "--profile",
-                                str(a.profile), "--dst", os.path.join(tmp, "ours.mkv"), "--fps", str(a.fps)], check=True)
+                                str(a.profile), "--dst", dst(tmp, "ours"), "--fps", str(a.fps)], check=True)
         return 0
     results: dict[str, list[dict]] = {w: [] for w in WORKERS}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(a.repeat):
             for w in WORKERS:  # interleaved, so all see about the same machine load
                 out = subprocess.run([sys.executable, __file__, "--worker", w, "--src", str(src),
-                                      "--dst", os.path.join(tmp, f"{w}.mkv"), "--fps", str(a.fps)],
+                                      "--dst", dst(tmp, w), "--fps", str(a.fps)],
                                      capture_output=True, text=True, check=True)
                 results[w].append(json.loads(out.stdout))
-    med = {w: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for w, rs in results.items()}
+    med = {w: {k: statistics.median(x[k] for x in rs) if rs[0][k] is not None else None for k in rs[0]}
+           for w, rs in results.items()}
     size = src.stat().st_size
     print(f"\nmux {int(med['ours']['frames'])} frames of {a.width}x{a.height}@{a.fps} H.264, "
-          f"{size * 8 / a.seconds / 1e6:.1f} Mbit/s ({size / 2**20:.1f} MiB), median of {a.repeat} runs\n")
+          f"{size * 8 / a.seconds / 1e6:.1f} Mbit/s ({size / 2**20:.1f} MiB), median of {a.repeat} runs, "
+          f"output to {'/dev/null' if a.sink == 'null' else 'new files'}\n")
     print("| muxer | CPU s | user s | sys s | frames per CPU s | peak RSS +MiB | peak RSS MiB (incl. input) | output MiB "
           "| CPU ratio to libavformat |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -209,13 +225,15 @@ def main() -> int:
         ratio = f"{m['cpu'] / max(lib['cpu'], 1e-9):.2f}" if w != "libav" else ""
         print(f"| {LABELS[w]} | {m['cpu']:.3f} | {m['user']:.3f} | {m['sys']:.3f} | "
               f"{m['frames'] / max(m['cpu'], 1e-9):.0f} | {m['peak_kib'] / 1024:.1f} | {m['peak_abs_kib'] / 1024:.1f} | "
-              f"{m['bytes'] / 2**20:.2f} | {ratio} |")
+              f"{'-' if m['bytes'] is None else format(m['bytes'] / 2**20, '.2f')} | {ratio} |")
     print()
     for w in WORKERS:
         print(f"{w:10s} CPU s of each run: {[round(x['cpu'], 3) for x in results[w]]}")
     for w in ("ours", "ours-numpy"):
         runs = [o["cpu"] / max(lb["cpu"], 1e-9) for o, lb in zip(results[w], results["libav"])]
-        print(f"{w:10s} / libav, each run: {[round(x, 2) for x in runs]} (spread {min(runs):.2f} to {max(runs):.2f})")
+        best = min(x["cpu"] for x in results[w]) / max(min(x["cpu"] for x in results["libav"]), 1e-9)
+        print(f"{w:10s} / libav, each run: {[round(x, 2) for x in runs]} (spread {min(runs):.2f} to {max(runs):.2f}); "
+              f"ratio of the fastest runs {best:.2f}")
     return 0
 
 

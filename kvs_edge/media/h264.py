@@ -36,9 +36,9 @@ class H264Error(ValueError):
 # The scan for start codes is the muxer's main cost: every byte of the video passes through it once. Measured on 60 s of
 # 1080p30 at 8 Mbit/s (Python 3.11, x86-64): one re.finditer per access unit ~19 ms (the regex engine's literal search,
 # a byte-at-a-time C loop), bytes.find ~35 ms, bytes.count of one byte ~19 ms: none of CPython's bytes operations finds
-# a 3-byte pattern faster. numpy compares 16-bit words in SIMD: ~9 ms, but importing it costs ~15 MB of RSS, so it is
+# a 3-byte pattern faster. numpy compares 16-bit words in SIMD: ~7-9 ms, but importing it costs ~15 MB of RSS, so it is
 # used only when the process has already imported numpy (picamera2 does, and so do the motion detector and the
-# test-pattern source), never imported for this. Both give the same offsets (tests/test_h264.py).
+# test-pattern source), never imported for this. Both give the same offsets (tests/test_fragmenter_bytes.py).
 _START_CODE = re.compile(b"\x00\x00\x01")
 _match_start = re.Match.start
 _NUMPY_SCAN_MIN = 8192  # below this many bytes numpy's per-call overhead costs more than the regex scan
@@ -58,17 +58,20 @@ def _start_codes_numpy(np, data: bytes) -> list[int]:
     00 00 at p, one at an odd offset p has the word 00 01 at p + 1. Each marked word is then checked in Python (a
     few per access unit: pairs of zero bytes are rare in H.264, emulation prevention puts 03 after them)."""
     words = np.frombuffer(data, "<u2", len(data) >> 1)
-    marks = ((words & 0xFEFF) == 0).tobytes()  # one byte per word: 1 where marked
+    mask, zero = np.uint16(0xFEFF), np.uint16(0)  # numpy scalars: no conversion of Python ints in the ufuncs
+    marks = ((words & mask) == zero).tobytes()  # one byte per word: 1 where marked
+    find = marks.find
+    n = len(data)
     out: list[int] = []
-    k = marks.find(1)
+    k = find(1)
     while k >= 0:
-        p = 2 * k
+        p = k + k
         if data[p + 1]:  # 00 01 at p: a start code at p - 1 when a 00 precedes
             if p and not data[p - 1]:
                 out.append(p - 1)
-        elif data.startswith(b"\x01", p + 2):  # 00 00 at p, then 01
+        elif p + 2 < n and data[p + 2] == 1:  # 00 00 at p, then 01
             out.append(p)
-        k = marks.find(1, k + 1)
+        k = find(1, k + 1)
     return out
 
 
