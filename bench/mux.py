@@ -75,6 +75,13 @@ def fresh(dst: str) -> None:
         pass
 
 
+def result(cpu: float, r0, r1, rss0: int, frames: int, size: int | None) -> dict:
+    """One worker's figures (r0, r1: getrusage before and after; rss0: RSS in KiB before)."""
+    return {"cpu": cpu, "user": r1.ru_utime - r0.ru_utime, "sys": r1.ru_stime - r0.ru_stime,
+            "peak_kib": peak_kib() - rss0, "peak_abs_kib": peak_kib(), "minflt": r1.ru_minflt - r0.ru_minflt,
+            "frames": frames, "bytes": size}
+
+
 def out_size(dst: str, written: int | None = None) -> int | None:
     """Bytes of the output (what we counted when writing to /dev/null; None when nobody counted)."""
     return written if dst == os.devnull else os.path.getsize(dst)
@@ -145,8 +152,7 @@ def work_ours(src: str, dst: str, fps: int, profile: int = 0) -> dict:
         import pstats
         prof.disable()
         pstats.Stats(prof, stream=sys.stderr).sort_stats("tottime").print_stats(profile)
-    return {"cpu": cpu, "user": r1.ru_utime - r0.ru_utime, "sys": r1.ru_stime - r0.ru_stime, "peak_kib": peak_kib() - rss0, "peak_abs_kib": peak_kib(),
-            "minflt": r1.ru_minflt - r0.ru_minflt, "frames": frag.stats.frames_written, "bytes": out_size(dst, written)}
+    return result(cpu, r0, r1, rss0, frag.stats.frames_written, out_size(dst, written))
 
 
 def work_libav(src: str, dst: str, fps: int) -> dict:
@@ -177,8 +183,7 @@ def work_libav(src: str, dst: str, fps: int) -> dict:
                 out.mux(p)
         cpu = time.process_time() - t0
     r1 = resource.getrusage(resource.RUSAGE_SELF)
-    return {"cpu": cpu, "user": r1.ru_utime - r0.ru_utime, "sys": r1.ru_stime - r0.ru_stime, "peak_kib": peak_kib() - rss0, "peak_abs_kib": peak_kib(),
-            "minflt": r1.ru_minflt - r0.ru_minflt, "frames": len(packets), "bytes": out_size(dst)}
+    return result(cpu, r0, r1, rss0, len(packets), out_size(dst))
 
 
 def encode(path: Path, seconds: float, width: int, height: int, fps: int, bitrate: int) -> None:
@@ -245,16 +250,17 @@ def main() -> int:
     print(f"\nmux {int(med['ours']['frames'])} frames of {a.width}x{a.height}@{a.fps} H.264, "
           f"{size * 8 / a.seconds / 1e6:.1f} Mbit/s ({size / 2**20:.1f} MiB), median of {a.repeat} runs, "
           f"output to {'/dev/null' if a.sink == 'null' else 'new files'}\n")
-    print("| muxer | CPU s | user s | sys s | frames per CPU s | peak RSS +MiB | peak RSS MiB (incl. input) | output MiB "
-          "| CPU ratio to libavformat |")
+    print("| muxer | CPU s | user s | sys s | frames per CPU s | peak RSS +MiB | peak RSS MiB (incl. input) "
+          "| output MiB | CPU ratio to libavformat |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     lib = med["libav"]
     for w in WORKERS:
         m = med[w]
         ratio = f"{m['cpu'] / max(lib['cpu'], 1e-9):.2f}" if w != "libav" else ""
+        size_mib = "-" if m["bytes"] is None else f"{m['bytes'] / 2**20:.2f}"
         print(f"| {LABELS[w]} | {m['cpu']:.3f} | {m['user']:.3f} | {m['sys']:.3f} | "
-              f"{m['frames'] / max(m['cpu'], 1e-9):.0f} | {m['peak_kib'] / 1024:.1f} | {m['peak_abs_kib'] / 1024:.1f} | "
-              f"{'-' if m['bytes'] is None else format(m['bytes'] / 2**20, '.2f')} | {ratio} |")
+              f"{m['frames'] / max(m['cpu'], 1e-9):.0f} | {m['peak_kib'] / 1024:.1f} | "
+              f"{m['peak_abs_kib'] / 1024:.1f} | {size_mib} | {ratio} |")
     print()
     for w in WORKERS:
         print(f"{w:10s} CPU s of each run: {[round(x['cpu'], 3) for x in results[w]]}")
