@@ -103,3 +103,15 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.section("figures")
         for line in _FIGURES:
             terminalreporter.write_line(line)
+
+
+# Tests that cross a heavyweight part written by others run in `make interop-test`, not `make test` (which stays under
+# 15 minutes): the official KVS C producer SDK (fixture `sdk`, built from its source archives) and headless Chromium
+# playing the emulator's HLS and DASH (fixture `browser`). CI runs both targets.
+INTEROP_FIXTURES = frozenset({"sdk", "browser"})
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if INTEROP_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.interop)

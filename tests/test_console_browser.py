@@ -4,6 +4,7 @@ test pattern streamed live by `kvs-edge run`. The page loads, the stream's state
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -29,12 +30,17 @@ CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
 
 
-def test_shipped_hls_js_is_the_npm_release_named_in_the_readme():
+@pytest.mark.parametrize("shipped, license_file, license_words", [
+    ("hls.min.js", "hls.js.LICENSE.txt", "Apache License"),
+    ("dash.mediaplayer.min.js", "dash.js.LICENSE.txt", "dash.js BSD License Agreement")])
+def test_shipped_players_are_the_npm_releases_named_in_the_readme(shipped, license_file, license_words):
     readme = (STATIC / "README.md").read_text()
-    want = re.search(r"`hls\.min\.js` sha256\s+`([0-9a-f]{64})`", readme).group(1)
-    assert hashlib.sha256((STATIC / "hls.min.js").read_bytes()).hexdigest() == want
-    assert "Apache License" in (STATIC / "hls.js.LICENSE.txt").read_text()
+    want = re.search(rf"`{re.escape(shipped)}` sha256\s+`([0-9a-f]{{64}})`", readme).group(1)
+    assert hashlib.sha256((STATIC / shipped).read_bytes()).hexdigest() == want
+    assert license_words in (STATIC / license_file).read_text()
+    assert shipped in web.STATIC_FILES and license_file in web.STATIC_FILES
     html = (STATIC / "console.html").read_text()
+    assert f'src="/console/static/{shipped}"' in html
     assert "//cdn" not in html and "https://" not in html  # no CDN: everything comes from the emulator
 
 
@@ -65,6 +71,13 @@ def test_console_api_shows_state_and_error_acks(emulator):
     url = web.console_session(emulator, "cam", time.time() + 60)
     playlist = requests.get(url.replace("getHLSMasterPlaylist", "getHLSMediaPlaylist"), timeout=30).text
     assert "#EXT-X-PLAYLIST-TYPE:VOD" in playlist and playlist.count("getMP4MediaFragment") == len(entries)
+    # the same choice for the DASH player, through GetDASHStreamingSessionURL's parameter names
+    url = requests.get(emulator.url + "/console/api/dash?stream=cam", timeout=30).json()["url"]
+    mpd = requests.get(url, timeout=30).text
+    assert "/dash/v1/getDASHManifest.mpd?SessionToken=" in url
+    assert 'type="dynamic"' in mpd and mpd.count("<SegmentURL ") == min(5, len(entries))
+    mpd = requests.get(web.console_session(emulator, "cam", time.time() + 60, "DASH"), timeout=30).text
+    assert 'type="static"' in mpd and mpd.count("<SegmentURL ") == len(entries)
     images = requests.get(emulator.url + "/console/api/images?stream=cam", timeout=30).json()
     assert len(images) == len(entries) and all("ImageContent" in i for i in images)
     missing = requests.get(emulator.url + "/console/api/fragments?stream=nope", timeout=30)
@@ -74,7 +87,7 @@ def test_console_api_shows_state_and_error_acks(emulator):
 @pytest.fixture
 def browser(tmp_path):
     if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("Chromium and chromedriver are missing: `make tools` installs them (apt: chromium chromium-driver)")
+        pytest.skip("Chromium and chromedriver are missing: `make interop-test` installs them (apt: chromium chromium-driver)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -83,8 +96,10 @@ def browser(tmp_path):
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--mute-audio",
                  "--autoplay-policy=no-user-gesture-required", "--window-size=1280,1100",
+                 "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",  # no host but the emulator's
                  f"--user-data-dir={tmp_path / 'chromium-profile'}"):
         opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=opts)
     driver.set_page_load_timeout(60)
     try:
@@ -93,26 +108,72 @@ def browser(tmp_path):
         driver.quit()
 
 
-@pytest.mark.timeout(240)
-def test_console_plays_the_live_test_pattern(emulator, tmp_path, browser):
+PLAYER_STATE_JS = """
+const v = document.getElementById('player');
+return {t: v.currentTime, paused: v.paused, ended: v.ended, w: v.videoWidth, h: v.videoHeight,
+        err: v.error && v.error.code, audio_bytes: v.webkitAudioDecodedByteCount,
+        url: window.kvsConsole.url, protocol: window.kvsConsole.protocol, errors: window.kvsConsole.errors,
+        note: document.getElementById('player-state').textContent,
+        hosts: [...new Set(performance.getEntriesByType('resource').map(e => new URL(e.name).host))]};"""
+
+
+def player_state(browser) -> dict:
+    return browser.execute_script(PLAYER_STATE_JS)
+
+
+def browser_log(browser) -> str:
+    return "\n".join(f"{e['level']} {e['message']}" for e in browser.get_log("browser"))
+
+
+def video_plays(browser, advance: float = 2.0, start_timeout: float = 90,
+                fatal_only: bool = False) -> tuple[float, float, dict]:
+    """Wait until the console's video element plays (currentTime > 0, then `advance` seconds further) without a
+    media error or a player error event (fatal_only: no fatal one); (t0, t1, player_state)."""
+    def now_t():
+        st = player_state(browser)
+        errors = [e for e in st["errors"] if e["fatal"] or not fatal_only]
+        assert st["err"] is None and not errors, (st, browser_log(browser))
+        return st["t"]
+    try:
+        t0 = wait_until(lambda: (t := now_t()) > 0 and t, start_timeout, "the video to start playing")
+        t1 = wait_until(lambda: (t := now_t()) >= t0 + advance and t, 60, f"currentTime to advance {advance} s")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\nplayer: {player_state(browser)}\nbrowser log:\n{browser_log(browser)}") from None
+    return t0, t1, player_state(browser)
+
+
+def save_screenshot(browser, name: str) -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / name
+    assert browser.save_screenshot(str(shot))
+    return shot
+
+
+@contextlib.contextmanager
+def streaming_test_pattern(emulator, tmp_path):
+    """`kvs-edge run` streams the 320x240 test pattern (15 fps, 1-s fragments) to stream `cam` of the emulator; the
+    body runs once two fragments are persisted; it must exit 0 on SIGTERM afterwards."""
     emulator.create_stream("cam")
-    buf = tmp_path / "buf"
-    cfg = write_config(tmp_path / "c.yaml", config_dict(emulator, buf, fps=15, width=320, height=240,
+    cfg = write_config(tmp_path / "c.yaml", config_dict(emulator, tmp_path / "buf", fps=15, width=320, height=240,
                                                          fragment_seconds=1))
     proc = subprocess.Popen([sys.executable, "-m", "kvs_edge", "run", "--config", str(cfg)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         wait_until(lambda: len(emulator.archive("cam")) >= 2, 60, "two fragments persisted")
+        yield proc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+
+
+@pytest.mark.timeout(240)
+def test_console_plays_the_live_test_pattern(emulator, tmp_path, browser):
+    with streaming_test_pattern(emulator, tmp_path):
         browser.get(emulator.url + "/")
         assert browser.title == "kvs-edge emulator console"
-        js = "const v = document.getElementById('player'); return v ? v.currentTime : -1;"
-        t0 = wait_until(lambda: (t := browser.execute_script(js)) and t > 0 and t, 90, "the video to start playing")
-        t1 = wait_until(lambda: (t := browser.execute_script(js)) >= t0 + 2 and t, 60, "currentTime to advance 2 s")
-        state = browser.execute_script(
-            "const v = document.getElementById('player');"
-            "return {paused: v.paused, w: v.videoWidth, h: v.videoHeight, err: v.error && v.error.code,"
-            "        url: window.kvsConsole.hlsUrl, note: document.getElementById('player-state').textContent};")
-        assert state["err"] is None and (state["w"], state["h"]) == (320, 240), state
+        t0, t1, state = video_plays(browser, fatal_only=True)  # hls.js recovers from its non-fatal errors itself
+        assert (state["w"], state["h"]) == (320, 240), state
         assert "/hls/v1/getHLSMasterPlaylist.m3u8?SessionToken=" in state["url"]
         # the stream table: the stream, its fragments as the archive counts them, no ERROR ACKs
         row = wait_until(lambda: browser.execute_script(
@@ -128,11 +189,5 @@ def test_console_plays_the_live_test_pattern(emulator, tmp_path, browser):
             30, "thumbnails from GetImages")
         assert thumbs >= 1
         time.sleep(0.5)  # let the player paint a few more frames for the screenshot
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        shot = ARTIFACTS / "console-browser.png"
-        assert browser.save_screenshot(str(shot))
+        shot = save_screenshot(browser, "console-browser.png")
         print(f"\nconsole screenshot: {shot}  (video currentTime {t0:.2f} -> {t1:.2f} s)")
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err

@@ -22,7 +22,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from kvs_edge.emulator import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY, Emulator, hls, packaging
-from kvs_edge.emulator.store import StoreError
+from kvs_edge.emulator.store import ArchiveEntry, StoreError
 from kvs_edge.media.h264 import iter_avcc, nal_type, split_annexb
 from support.appliance import config_dict, wait_until, write_config
 from support.kvs_client import put_media_requests
@@ -506,3 +506,41 @@ def test_parse_request_defaults_follow_the_service():
     assert (p.protocol, p.container, p.display_number, p.max_results) == ("DASH", "FRAGMENTED_MP4", True, 7)
     with pytest.raises(StoreError):
         hls.parse_dash_request({"StreamName": "s", "ContainerFormat": "MPEG_TS"}, 1e9)
+
+
+def test_live_dash_periods_keep_their_id_and_start_as_the_window_slides():
+    """A dynamic MPD updated while the LIVE window slides: each Period (a run of equal codec private data) keeps its
+    id, start and init segment from one update to the next (dash.js took moving ids for new Periods and stalled), and
+    the MPD carries the emulator's clock (UTCTiming, so dash.js needs no time server)."""
+    t0 = 1_700_000_000_000
+    p = hls.parse_dash_request({"StreamName": "s", "PlaybackMode": "LIVE"}, t0 / 1000)
+    s = hls.HlsSession(p, "tok", t0 / 1000, stream="s")
+    seen: dict[str, set] = {}
+    for i in range(12):
+        e = ArchiveEntry(f"{i:04d}", t0 + i * 1000, t0 + i * 1000 + 1100, 1000, 15, [], "a" if i < 8 else "b",
+                         t0 + i * 1000, t0 + i * 1000 + 933)
+        s.add([hls.Item(e, e.session)])  # a second PutMedia session with new codec private data from fragment 8 on
+        now = (t0 + i * 1000 + 1100) / 1000
+        media = {"a": ("avc1.42c00c", 320, 240), "b": ("avc1.4d401e", 640, 480)}
+        mpd = ElementTree.fromstring(s.dash_manifest(now, lambda e: media[e.session], 1000))
+        assert mpd.get("type") == "dynamic"
+        utc = mpd.find("d:UTCTiming", MPD_NS)
+        assert utc.get("schemeIdUri") == "urn:mpeg:dash:utc:direct:2014"
+        assert datetime.fromisoformat(utc.get("value").replace("Z", "+00:00")).timestamp() == pytest.approx(now)
+        numbers = []
+        for period in mpd.findall("d:Period", MPD_NS):
+            seglist = period.find("d:AdaptationSet/d:Representation/d:SegmentList", MPD_NS)
+            init = seglist.find("d:Initialization", MPD_NS).get("sourceURL")
+            rep = period.find("d:AdaptationSet/d:Representation", MPD_NS)
+            seen.setdefault(period.get("id"), set()).add((period.get("start"), seglist.get("presentationTimeOffset"),
+                                                          init, rep.get("codecs"), rep.get("width")))
+            start = int(seglist.get("startNumber"))
+            urls = [u.get("media") for u in seglist.findall("d:SegmentURL", MPD_NS)]
+            numbers += [(start + k, u.split("FragmentNumber=")[1][:4]) for k, u in enumerate(urls)]
+        # the window: the newest 5 fragments, numbered by their media sequence number
+        assert numbers == [(n, f"{n:04d}") for n in range(max(0, i - 4), i + 1)]
+    # each Period with its own codecs and picture size (the second run is 640x480 main profile)
+    assert seen == {"0": {("PT0.000S", "0", "getMP4InitFragment.mp4?FragmentNumber=0000&SessionToken=tok",
+                           "avc1.42c00c", "320")},
+                    "8": {("PT8.000S", str(8 * hls.TIMESCALE),
+                           "getMP4InitFragment.mp4?FragmentNumber=0008&SessionToken=tok", "avc1.4d401e", "640")}}

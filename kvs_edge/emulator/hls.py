@@ -46,6 +46,7 @@ TS_MEDIA = "getTSFragment.ts"
 PATH_PREFIX = "/hls/v1/"
 DASH_MANIFEST = "getDASHManifest.mpd"
 DASH_PATH_PREFIX = "/dash/v1/"
+UTC_DIRECT = "urn:mpeg:dash:utc:direct:2014"
 KVS_XMLNS = "https://kinesisvideo.amazonaws.com/dash"  # the service's namespace URI for kvs:fn/kvs:ts is not documented
 
 
@@ -186,6 +187,7 @@ class _Listed:
     entry: ArchiveEntry
     init_key: str
     discontinuity: bool
+    run_start: int = 0  # index in HlsSession.listed of the first fragment of its run of equal init_key (DASH Period)
 
 
 @dataclass
@@ -257,7 +259,8 @@ class HlsSession:
                     disc = abs(e.first_frame_ms - expected) > GAP_MS
                 if prev.init_key != it.init_key:
                     disc = True  # new codec private data: a new EXT-X-MAP, the decoder restarts
-            li = _Listed(e, it.init_key, disc)
+            same_run = prev is not None and prev.init_key == it.init_key
+            li = _Listed(e, it.init_key, disc, prev.run_start if same_run else len(self.listed))
             self.listed.append(li)
             self.by_number[e.fragment_number] = li
 
@@ -329,9 +332,10 @@ class HlsSession:
 
 
     # ------------------------------------------------------------------ DASH
-    def dash_manifest(self, now: float, codecs: str, width: int | None, height: int | None, bandwidth: int) -> str:
+    def dash_manifest(self, now: float, media_of, bandwidth: int) -> str:
         """An MPD: one Period per run of fragments sharing codec private data, each a SegmentList (explicit URLs,
-        a SegmentTimeline on the session's 90 kHz timeline). ON_DEMAND is static; LIVE and LIVE_REPLAY are dynamic
+        a SegmentTimeline on the session's 90 kHz timeline) with the codecs and picture size of its run
+        (media_of(entry) -> (codecs, width, height))). ON_DEMAND is static; LIVE and LIVE_REPLAY are dynamic
         (re-fetched every second)."""
         p = self.params
         seq, shown = self.window()
@@ -349,22 +353,28 @@ class HlsSession:
                          suggestedPresentationDelay="PT2S")
         out = ['<?xml version="1.0" encoding="UTF-8"?>',
                "<MPD " + " ".join(f'{k}="{v}"' for k, v in attrs.items()) + ">"]
+        # One Period per run of equal codec private data. In a dynamic MPD, Period@id must be present and must not
+        # change when the MPD is updated (ISO/IEC 23009-1, Period semantics): id, start and init segment come from the
+        # run's first fragment, also after the LIVE window moved past it (with ids that moved with the window,
+        # dash.js 5.2.1 took each update for a new Period and stopped after the first window: emulator defect, fixed).
         runs: list[list[_Listed]] = []
         for li in shown:
             if not runs or runs[-1][-1].init_key != li.init_key:
                 runs.append([])
             runs[-1].append(li)
         number = seq
-        for i, run in enumerate(runs):
-            start_ms = run[0].entry.first_frame_ms - base
-            out.append(f'<Period id="{number}" start="PT{start_ms / 1000:.3f}S">')
+        for run in runs:
+            begin = run[0].run_start
+            start_ms = self.listed[begin].entry.first_frame_ms - base
+            out.append(f'<Period id="{self.first_seq + begin}" start="PT{start_ms / 1000:.3f}S">')
             out.append('<AdaptationSet mimeType="video/mp4" segmentAlignment="true" startWithSAP="1">')
+            codecs, width, height = media_of(run[0].entry)
             size = f' width="{width}" height="{height}"' if width and height else ""
             out.append(f'<Representation id="1" codecs="{codecs}"{size} bandwidth="{max(1, bandwidth)}">')
             offset = start_ms * TIMESCALE // 1000
             out.append(f'<SegmentList timescale="{TIMESCALE}" presentationTimeOffset="{offset}" '
                        f'startNumber="{number}">')
-            first = run[0].entry.fragment_number
+            first = self.listed[begin].entry.fragment_number
             out.append(f'<Initialization sourceURL="{_xml(MP4_INIT + self._q(FragmentNumber=first))}"/>')
             out.append("<SegmentTimeline>")
             for li in run:
@@ -381,6 +391,12 @@ class HlsSession:
                 out.append(f'<SegmentURL media="{_xml(MP4_MEDIA + self._q(FragmentNumber=li.entry.fragment_number))}"/>')
             out.append("</SegmentList></Representation></AdaptationSet></Period>")
             number += len(run)
+        if not static:
+            # A dynamic MPD's segments become available on the wall clock; without a UTCTiming element dash.js asks
+            # a time server on the internet (time.akamai.com) and stops when it cannot. The service's MPD is not
+            # documented here; the emulator's choice: its own clock, carried in the manifest itself (ISO 23009-1
+            # "direct" scheme).
+            out.append(f'<UTCTiming schemeIdUri="{UTC_DIRECT}" value="{iso8601_ms(int(now * 1000))}"/>')
         out.append("</MPD>")
         return "\n".join(out) + "\n"
 

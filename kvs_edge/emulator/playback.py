@@ -130,16 +130,19 @@ class Playback:
         return s
 
     # ------------------------------------------------------------------ the player's GETs
-    def _variant(self, s: hls.HlsSession) -> tuple[str, int | None, int | None, int]:
-        """(codecs, width, height, peak bits/s) of the session's media, for the master playlist or the MPD."""
-        tracks = self._tracks_of(s.stream, s.listed[0].entry)
+    def _media_of(self, s: hls.HlsSession, e: ArchiveEntry) -> tuple[str, int | None, int | None]:
+        """(codecs, width, height) of a fragment's tracks: track 1, plus AAC track 2 if any."""
+        tracks = self._tracks_of(s.stream, e)
         video = next(t for t in tracks if t.number == 1)
         codecs = hls.avc_codecs(video.codec_private) if video.codec_id == packaging.H264 else "hvc1"
         if any(t.codec_id == packaging.AAC for t in tracks):
             codecs += ",mp4a.40.2"
-        rate = max((e.size * 8000 // max(1, hls.fragment_duration_ms(e)) for e in (li.entry for li in s.listed)),
+        return codecs, video.width, video.height
+
+    def _bandwidth(self, s: hls.HlsSession) -> int:
+        """Peak bits/s of the session's fragments, for the master playlist or the MPD."""
+        return max((e.size * 8000 // max(1, hls.fragment_duration_ms(e)) for e in (li.entry for li in s.listed)),
                    default=1)
-        return codecs, video.width, video.height, rate
 
     def hls_get(self, action: str, query: dict, now: float, protocol: str = "HLS") -> tuple[str, bytes]:
         """One GET of a session's resource; `protocol` is the URL's (/hls/v1/ or /dash/v1/)."""
@@ -147,14 +150,15 @@ class Playback:
         if s.params.protocol != protocol:
             raise StoreError(404, "ResourceNotFoundException", f"This is not an {protocol} streaming session.")
         if action == hls.MASTER and protocol == "HLS":
-            return M3U8, s.master_playlist(*self._variant(s)).encode()
+            return M3U8, s.master_playlist(*self._media_of(s, s.listed[0].entry), self._bandwidth(s)).encode()
         if action in (hls.MEDIA, hls.DASH_MANIFEST) and action == (hls.MEDIA if protocol == "HLS" else
                                                                     hls.DASH_MANIFEST):
             with self._refresh_lock:
                 if s.params.mode != hls.ON_DEMAND:
                     self._refresh(s, now)
                 if protocol == "DASH":
-                    return MPD, s.dash_manifest(now, *self._variant(s)).encode()
+                    media = lambda e: self._media_of(s, e)  # noqa: E731  (per Period: codec private data changes)
+                    return MPD, s.dash_manifest(now, media, self._bandwidth(s)).encode()
                 return M3U8, s.media_playlist(now).encode()
         number = query.get("FragmentNumber")
         if not number:

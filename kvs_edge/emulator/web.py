@@ -5,10 +5,10 @@ Owns:
        /getDASHStreamingSessionURL
   GET  /hls/v1/<action>?SessionToken=   HLS master/media playlists, init and media segments, and the DASH manifest
   GET  /dash/v1/<action>?SessionToken=  with the same segments (the token is the only credential, as on the service)
-  GET  /  and  GET /console/...         the web console for a local developer: stream state, a live player (hls.js,
-                                        shipped in kvs_edge/emulator/static/), thumbnails, the fragment list. These
-                                        routes are the emulator's own, unsigned and meant for localhost: the service
-                                        has no such thing.
+  GET  /  and  GET /console/...         the web console for a local developer: stream state, a live player (HLS
+                                        with hls.js or DASH with dash.js, shipped in kvs_edge/emulator/static/),
+                                        thumbnails, the fragment list. These routes are the emulator's own, unsigned
+                                        and meant for localhost: the service has no such thing.
 Everything else returns None and server.py carries on.
 """
 
@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 SESSION_URL_PATHS = ("/getHLSStreamingSessionURL", "/getDASHStreamingSessionURL")
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
                 ".css": "text/css; charset=utf-8", ".txt": "text/plain; charset=utf-8"}
-STATIC_FILES = ("console.html", "console.js", "console.css", "hls.min.js", "hls.js.LICENSE.txt")
+STATIC_FILES = ("console.html", "console.js", "console.css", "hls.min.js", "hls.js.LICENSE.txt",
+                "dash.mediaplayer.min.js", "dash.mediaplayer.min.js.LICENSE.txt", "dash.js.LICENSE.txt")
 CONSOLE_FRAGMENTS = 60  # fragments listed per stream in the console (newest first)
 CONSOLE_THUMBNAILS = 8
 
@@ -101,8 +102,8 @@ def console_api(emu, what: str, query: dict, now: float):
                  "ServerTimestamp": e.server_ts_ms / 1000, "FragmentSizeInBytes": e.size, "Frames": e.frames,
                  "FragmentLengthInMilliseconds": archive_reader.duration_ms(e), "Defects": e.defects}
                 for e in reversed(got)]
-    if what == "hls":
-        return {"url": console_session(emu, name, now)}
+    if what in ("hls", "dash"):
+        return {"url": console_session(emu, name, now, what.upper())}
     if what == "images":
         return console_images(emu, name, now)
     raise StoreError(404, "ResourceNotFoundException", f"Unknown console API {what}")
@@ -121,23 +122,28 @@ def stream_state(emu, info: dict, now: float) -> dict:
             "HttpErrors": [{"Status": s, "ErrorType": t} for s, t in st.http_errors]}
 
 
-def console_session(emu, name: str, now: float) -> str:
-    """A LIVE session when the stream had fragments in the last 30 s, else the whole archive ON_DEMAND."""
-    body = {"StreamName": name, "PlaybackMode": "LIVE", "MaxMediaPlaylistFragmentResults": 5,
-            "HLSFragmentSelector": {"FragmentSelectorType": "PRODUCER_TIMESTAMP"}}
+def console_session(emu, name: str, now: float, protocol: str = "HLS") -> str:
+    """An HLS or DASH session URL: LIVE when the stream had fragments in the last 30 s, else the whole archive
+    ON_DEMAND (the request bodies a signed client would send, with each protocol's parameter names)."""
+    create, selector, max_key, url_key = (
+        (emu.playback.create_hls, "HLSFragmentSelector", "MaxMediaPlaylistFragmentResults", "HLSStreamingSessionURL")
+        if protocol == "HLS" else
+        (emu.playback.create_dash, "DASHFragmentSelector", "MaxManifestFragmentResults", "DASHStreamingSessionURL"))
+    body = {"StreamName": name, "PlaybackMode": "LIVE", max_key: 5,
+            selector: {"FragmentSelectorType": "PRODUCER_TIMESTAMP"}}
     try:
-        return emu.playback.create_hls(body, emu.url, now)["HLSStreamingSessionURL"]
+        return create(body, emu.url, now)[url_key]
     except StoreError as e:
         if e.error_type != "ResourceNotFoundException":
             raise
     entries = emu.store.archive(name)
     if not entries:
         raise StoreError(404, "ResourceNotFoundException", f"The stream {name} holds no fragments yet.")
-    body.update(PlaybackMode="ON_DEMAND", MaxMediaPlaylistFragmentResults=1000, HLSFragmentSelector={
+    body.update({"PlaybackMode": "ON_DEMAND", max_key: 1000, selector: {
         "FragmentSelectorType": "SERVER_TIMESTAMP",
         "TimestampRange": {"StartTimestamp": min(e.server_ts_ms for e in entries) / 1000,
-                           "EndTimestamp": min(now, max(e.server_ts_ms for e in entries) / 1000 + 0.001)}})
-    return emu.playback.create_hls(body, emu.url, now)["HLSStreamingSessionURL"]
+                           "EndTimestamp": min(now, max(e.server_ts_ms for e in entries) / 1000 + 0.001)}}})
+    return create(body, emu.url, now)[url_key]
 
 
 def console_images(emu, name: str, now: float) -> list:

@@ -1,8 +1,10 @@
 // kvs-edge emulator console: polls the emulator's unsigned /console/api routes (localhost developer tool) and plays
-// the selected stream's HLS session with hls.js (shipped next to this file; no CDN).
+// the selected stream's HLS session with hls.js or its DASH session with dash.js (both shipped next to this file;
+// no CDN).
 "use strict";
 
-const state = { selected: null, hls: null, hlsUrl: null, lastThumbs: 0, retryAt: 0 };
+const state = { selected: null, protocols: {}, player: null, protocol: null, url: null, errors: [],
+                lastThumbs: 0, retryAt: 0, play };
 window.kvsConsole = state; // for tests and curious developers
 
 function el(tag, attrs, ...children) {
@@ -83,32 +85,56 @@ function playerState(text) {
   document.getElementById("player-state").textContent = text;
 }
 
+// One adapter per protocol: start(video, url, failed) -> { destroy() }. failed(message, fatal) reports an error.
+const players = {
+  HLS(video, url, failed) {
+    if (!window.Hls || !Hls.isSupported()) {
+      video.src = url; // Safari plays HLS natively
+      return { destroy() { video.removeAttribute("src"); video.load(); } };
+    }
+    const hls = new Hls({ liveSyncDurationCount: 2, lowLatencyMode: false });
+    hls.on(Hls.Events.ERROR, (_, data) => failed(`hls.js ${data.fatal ? "fatal " : ""}error: ${data.details}`,
+                                                 data.fatal));
+    hls.on(Hls.Events.MANIFEST_PARSED, () => { playerState("playing (HLS, hls.js)"); video.play().catch(() => {}); });
+    hls.loadSource(url);
+    hls.attachMedia(video);
+    return hls;
+  },
+  DASH(video, url, failed) {
+    const dash = dashjs.MediaPlayer().create();
+    dash.updateSettings({ debug: { logLevel: dashjs.Debug.LOG_LEVEL_WARNING },
+                          streaming: { delay: { liveDelayFragmentCount: 2 } } });
+    dash.on(dashjs.MediaPlayer.events.ERROR, e => failed(`dash.js error ${e.error.code}: ${e.error.message}`, true));
+    dash.on(dashjs.MediaPlayer.events.STREAM_INITIALIZED, () => playerState("playing (DASH, dash.js)"));
+    dash.initialize(video, url, true);
+    return dash; // a dash.js MediaPlayer: destroy() detaches it from the video
+  },
+};
+
+function stopPlayer() {
+  if (state.player) { state.player.destroy(); state.player = null; }
+}
+
+function play(url, protocol) {
+  stopPlayer();
+  Object.assign(state, { url, protocol, errors: [] });
+  const failed = (message, fatal) => {
+    state.errors.push({ message, fatal });
+    playerState(message);
+    if (fatal) { stopPlayer(); state.retryAt = Date.now() + 3000; }
+  };
+  state.player = players[protocol](document.getElementById("player"), url, failed);
+}
+
 async function startPlayer() {
-  const video = document.getElementById("player");
-  if (state.hls) { state.hls.destroy(); state.hls = null; }
-  let url;
+  stopPlayer();
+  const protocol = state.protocols[state.selected] || "HLS";
   try {
-    url = (await api("hls", state.selected)).url;
+    play((await api(protocol.toLowerCase(), state.selected)).url, protocol);
   } catch (e) {
     playerState(`no playback: ${e.message}`);
     state.retryAt = Date.now() + 3000;
-    return;
   }
-  state.hlsUrl = url;
-  if (!window.Hls || !Hls.isSupported()) {
-    video.src = url; // Safari plays HLS natively
-    playerState("native HLS");
-    return;
-  }
-  const hls = new Hls({ liveSyncDurationCount: 2, lowLatencyMode: false });
-  state.hls = hls;
-  hls.on(Hls.Events.ERROR, (_, data) => {
-    playerState(`hls.js ${data.fatal ? "fatal " : ""}error: ${data.details}`);
-    if (data.fatal) { hls.destroy(); state.hls = null; state.retryAt = Date.now() + 3000; }
-  });
-  hls.on(Hls.Events.MANIFEST_PARSED, () => { playerState("playing"); video.play().catch(() => {}); });
-  hls.loadSource(url);
-  hls.attachMedia(video);
 }
 
 async function select(name) {
@@ -116,6 +142,7 @@ async function select(name) {
   state.lastThumbs = 0;
   document.getElementById("detail").hidden = false;
   document.getElementById("detail-name").textContent = name;
+  document.getElementById("protocol").value = state.protocols[name] || "HLS";
   for (const tr of document.querySelectorAll("#streams tr.stream")) {
     tr.classList.toggle("selected", tr.dataset.stream === name);
   }
@@ -127,7 +154,7 @@ async function tick() {
     renderStreams(await api("streams"));
     if (state.selected) {
       renderFragments(await api("fragments", state.selected));
-      if (!state.hls && state.retryAt && Date.now() >= state.retryAt) { state.retryAt = 0; startPlayer(); }
+      if (!state.player && state.retryAt && Date.now() >= state.retryAt) { state.retryAt = 0; startPlayer(); }
       if (Date.now() - state.lastThumbs > 10000) {
         state.lastThumbs = Date.now();
         renderThumbs(await api("images", state.selected));
@@ -138,5 +165,9 @@ async function tick() {
   }
 }
 
+document.getElementById("protocol").addEventListener("change", e => {
+  state.protocols[state.selected] = e.target.value;
+  startPlayer();
+});
 tick();
 setInterval(tick, 2000);
