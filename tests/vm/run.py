@@ -549,8 +549,9 @@ def s7_cameras(bed: Bed, fig: dict) -> None:
     v0, v1 = min(video), max(video) + FRAME_MS
     fig["camera a: sound vs video (s)"] = (
         f"audio {cov.seconds:.1f} s decoded over {(cov.end_ms - cov.first_ms) / 1000:.1f} s, video "
-        f"{(v1 - v0) / 1000:.1f} s; audio starts {(cov.first_ms - v0) / 1000:+.2f} s, ends {(cov.end_ms - v1) / 1000:+.2f}"
-        f" s from the video; {len(cov.gaps)} audio gaps ({sum(g for _, g in cov.gaps):.0f} ms), {cov.overlaps} overlaps")
+        f"{(v1 - v0) / 1000:.1f} s; audio starts {(cov.first_ms - v0) / 1000:+.2f} s, "
+        f"ends {(cov.end_ms - v1) / 1000:+.2f} s from the video; {len(cov.gaps)} audio gaps "
+        f"({sum(g for _, g in cov.gaps):.0f} ms), {cov.overlaps} overlaps")
     need(cov.first_ms - v0 < 5000 and v1 - cov.end_ms < 5000 and cov.seconds > 0.9 * (v1 - v0) / 1000,
          f"{streams[0]}: the sound ({cov.seconds:.1f} s from {cov.first_ms:.0f} to {cov.end_ms:.0f} ms) does not cover "
          f"the video ({v0:.0f} to {v1:.0f} ms)")
