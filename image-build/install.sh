@@ -127,9 +127,13 @@ on_target "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
 on_target "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null ||
     die "the Python venv module is missing on the target: apt install python3-venv"
 
-if ! on_target getent group video >/dev/null; then
-    on_target groupadd --system video
-fi
+# video: the camera devices; audio: the sound devices (the unit's SupplementaryGroups= names both: it fails to start
+# when one does not exist).
+for group in video audio; do
+    if ! on_target getent group "$group" >/dev/null; then
+        on_target groupadd --system "$group"
+    fi
+done
 if on_target getent passwd "$USER_NAME" >/dev/null; then
     if ! on_target id -nG "$USER_NAME" | tr ' ' '\n' | grep -qx video; then
         on_target usermod --append --groups video "$USER_NAME"

@@ -275,10 +275,11 @@ def _camera_entry(u: CameraUnit, s: dict | None) -> dict:
              "retry_in_s": None, "last_error": u.last_error}
     if s is None:
         entry["retry_in_s"] = None if u.retry_at is None else round(max(0.0, u.retry_at - time.monotonic()), 1)
-        entry.update(frames=0, last_frame_age_s=None, connection="offline", fragments_persisted=0,
+        entry.update(frames=0, frames_dropped=0, last_frame_age_s=None, connection="offline", fragments_persisted=0,
                      backlog={"fragments": 0, "bytes": 0, "seconds": 0.0})
         return entry
-    entry.update(frames=s["camera"]["frames"], last_frame_age_s=s["camera"]["last_frame_age_s"],
+    entry.update(frames=s["camera"]["frames"], frames_dropped=s["frames_dropped"],
+                 last_frame_age_s=s["camera"]["last_frame_age_s"],
                  connection=s["connection"]["state"], fragments_persisted=s["fragments_persisted"],
                  backlog=s["backlog"], audio=s["audio"]["state"])
     if entry["last_error"] is None and s["last_error"]:

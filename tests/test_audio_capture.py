@@ -8,6 +8,9 @@ a real loopback device (snd-aloop) belongs to the VM test bed.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from types import SimpleNamespace
 
@@ -17,7 +20,8 @@ import pytest
 from kvs_edge.clock import KernelClock
 from kvs_edge.media import aac
 from kvs_edge.retry import Backoff
-from kvs_edge.sources.alsa import AlsaAudio, capture_devices, no_device_message, open_alsa
+from kvs_edge.sources.alsa import (SYSTEM_ALSA_CONFIG, AlsaAudio, alsa_config_dir, capture_devices,
+                                   no_device_message, open_alsa)
 from support.avgen import sound_file
 
 RATE = 48000
@@ -115,6 +119,28 @@ def test_a_device_that_does_not_exist_is_one_line_naming_it(caplog):
     assert cap.error == ("source.audio.device hw:9,0: no such ALSA capture device; `arecord -l` lists: "
                          "hw:1,0 (USB Audio); sending video only")
     assert [r.message for r in caplog.records if r.levelname == "ERROR"] == [cap.error]
+
+
+def test_alsa_config_dir_points_at_the_system_config_unless_the_user_set_one():
+    assert alsa_config_dir({}, exists=lambda p: p == f"{SYSTEM_ALSA_CONFIG}/alsa.conf") == SYSTEM_ALSA_CONFIG
+    assert alsa_config_dir({}, exists=lambda p: False) is None
+    assert alsa_config_dir({"ALSA_CONFIG_DIR": "/opt/alsa"}, exists=lambda p: True) is None
+    assert alsa_config_dir({"ALSA_CONFIG_PATH": "/opt/alsa/my.conf"}, exists=lambda p: True) is None
+
+
+@pytest.mark.skipif(not os.path.exists(f"{SYSTEM_ALSA_CONFIG}/alsa.conf"),
+                    reason=f"no {SYSTEM_ALSA_CONFIG}/alsa.conf: apt install libasound2-data")
+def test_pyav_libasound_reads_the_system_alsa_config():
+    """PyAV's bundled libasound, through open_alsa, in a fresh process: the device name is parsed with the system's
+    configuration (it looks for the card), not refused for want of one ("Cannot access file .../alsa.conf")."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALSA_")}
+    code = ("from kvs_edge.sources.alsa import open_alsa\n"
+            "try:\n    next(iter(open_alsa('plughw:CARD=NoSuchCard,DEV=1', 16000, 1)))\n"
+            "except OSError as e:\n    print('refused', e.errno)\n")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert "refused" in p.stdout, p.stdout + p.stderr
+    assert "Cannot access file" not in p.stderr, p.stderr
+    assert "NoSuchCard" in p.stderr and "card index" in p.stderr, p.stderr
 
 
 def test_capture_devices_reads_proc_asound_pcm(tmp_path):

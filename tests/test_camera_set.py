@@ -86,6 +86,9 @@ def test_two_cameras_two_complete_ordered_streams_created_with_tags(emulator, tm
         status = build_status(cams, started_at=0)
         assert [(c["name"], c["stream"], c["state"]) for c in status["cameras"]] == [
             ("pattern", "pi-lab-pattern", "ok"), ("file", "10000000c0ffee42-file", "ok")]
+        # each camera's own frames and refusals, adding up to the process's (the VM test bed checks per camera)
+        assert sum(c["frames_dropped"] for c in status["cameras"]) == status["frames_dropped"]
+        assert sum(c["frames"] for c in status["cameras"]) == status["camera"]["frames"]
         for app in cams.running():
             app.pipeline.stop_capture()
         wait_until(lambda: cams.process_events() >= 0 and cams.buffered_fragments() == 0, 60,

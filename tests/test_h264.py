@@ -302,3 +302,16 @@ def test_slice_type_fast_path_agrees_with_a_bit_string_reader(hdr, body):
             h264.slice_type(nal)
     else:
         assert h264.slice_type(nal) == want
+
+
+@pytest.mark.parametrize("first", range(256))
+def test_slice_type_of_every_first_byte_agrees_with_the_bit_string_reader(first):
+    """The one-byte table (first_mb_in_slice = 0) and the 64-bit path, for every byte after the NAL header."""
+    for tail in (b"", b"\x80", b"\xff" * 8, b"\x12\x34\x56\x78\x9a\xbc\xde\xf0", b"\x00\x00\x03\x01\x80\x00\x00\x01"):
+        nal = bytes([0x41, first]) + tail
+        want = reference_slice_type(nal)
+        if want is None:
+            with pytest.raises(H264Error):
+                h264.slice_type(nal)
+        else:
+            assert h264.slice_type(nal) == want, nal.hex()

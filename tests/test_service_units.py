@@ -90,13 +90,13 @@ def test_main_unit_contract():
     assert s["ExecStart"] == [f"{EXEC} run --config /etc/kvs-edge/config.yaml"]
     assert s["RestartPreventExitStatus"] == ["78"]  # kvs_edge.cli.EXIT_CONFIG
     assert s["Restart"] == ["on-failure"]
-    assert s["User"] == ["kvs-edge"] and s["SupplementaryGroups"] == ["video"]
+    assert s["User"] == ["kvs-edge"] and s["SupplementaryGroups"] == ["video audio"]
     assert s["StateDirectory"] == ["kvs-edge"] and s["ConfigurationDirectory"] == ["kvs-edge"]
     # the camera stays reachable
     assert "PrivateDevices" not in s and "PrivateUsers" not in s
     assert s["DevicePolicy"] == ["closed"]
     allowed = {v.split()[0] for v in s["DeviceAllow"]}
-    assert {"char-video4linux", "char-media", "/dev/dma_heap/linux,cma", "/dev/dma_heap/system"} <= allowed
+    assert {"char-video4linux", "char-media", "/dev/dma_heap/linux,cma", "/dev/dma_heap/system", "char-alsa"} <= allowed
     families = s["RestrictAddressFamilies"][0].split()
     assert {"AF_INET", "AF_INET6", "AF_UNIX"} <= set(families)
     # kvs_edge/clock.py asks the kernel whether the clock is synchronized: the syscall must stay allowed

@@ -31,7 +31,9 @@ die() { printf '%s [%4ds] FAILED: %s\n' "$PROG:" $((SECONDS - T0)) "$*" >&2; exi
 # v4l2loopback (a real H.264 capture device fed from a pre-encoded clip).
 mapfile -t stage_packages < <(sed 's/#.*//' "$REPO/image-build/pi-gen/stage-kvs-edge/00-kvs-edge/00-packages" |
     tr -s ' \t' '\n' | grep .)
-SYSTEM_PACKAGES=(systemd-sysv udev dbus kmod iproute2 linux-image-amd64 v4l-utils "${stage_packages[@]}")
+# alsa-utils: aplay/arecord and the ALSA configuration (libasound2-data) for the cameras scenario's sound, played into
+# the kernel's snd-aloop loopback card.
+SYSTEM_PACKAGES=(systemd-sysv udev dbus kmod iproute2 linux-image-amd64 v4l-utils alsa-utils "${stage_packages[@]}")
 MODULE_PACKAGES=(linux-headers-amd64 dkms v4l2loopback-dkms)
 
 # Keep only the newest entry of a cache family (kvs-edge-vm-base, kvs-edge-vm-disk): each is 1-2 GB.
@@ -40,6 +42,11 @@ drop_others() {
     for old in "$CACHE_ROOT/$family"-*; do
         [ -e "$old" ] || continue
         case "$old" in "$keep"|"$keep".ok) continue ;; esac
+        # a disk a running QEMU still reads (another checkout's vm-test: its overlays name it as their backing file)
+        if find /proc/[0-9]*/fd -lname "${old%.ok}/*" -print -quit 2>/dev/null | grep -q .; then
+            say "keeping $old: in use"
+            continue
+        fi
         case "$old" in *.ok|*.lock) rm -f "$old" ;; *) remove_tree "$old" ;; esac
     done
 }
@@ -118,6 +125,8 @@ else
     in_tree "$BASE.partial" modinfo -k "$kver" v4l2loopback >/dev/null 2>&1 ||
         { tail -n 30 "$LOGS/dkms.log" >&2; die "v4l2loopback did not build for $kver"; }
     in_tree "$BASE.partial" modinfo -k "$kver" vivid >/dev/null 2>&1 || die "the image kernel $kver has no vivid module"
+    in_tree "$BASE.partial" modinfo -k "$kver" snd-aloop >/dev/null 2>&1 ||
+        die "the image kernel $kver has no snd-aloop module"
     in_tree "$BASE.partial" apt-get clean
     unmount_under "$BASE.partial"
     mv "$BASE.partial" "$BASE"

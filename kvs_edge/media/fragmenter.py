@@ -30,7 +30,9 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 from kvs_edge.media import h264, mkv
-from kvs_edge.media.h264 import NAL_IDR, NAL_PPS, NAL_SLICE, NAL_SPS, H264Error
+from kvs_edge.media.h264 import (_SLICE_TYPE_BY_BYTE, NAL_IDR, NAL_PPS, NAL_SLICE, NAL_SPS, SLICE_B, H264Error,
+                                  nal_spans, slice_type_at)
+from kvs_edge.media.mkv import simple_block_head
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +49,7 @@ class FragmentStart:
     data: bytes  # cluster head (mkv.cluster_head)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs 3x more, and this one is made every frame
 class FrameWritten:
     timecode_ms: int  # absolute
     key: bool
@@ -151,31 +153,42 @@ class Fragmenter:
         if type(data) is not bytes:
             data = bytes(data)
         try:
-            spans = h264.nal_spans(data)
+            spans = nal_spans(data)
         except H264Error as e:
             st.dropped_malformed += 1
             return [Notice("malformed", f"dropped a frame at {timestamp_ms} ms that is not Annex B H.264: {e}")]
         sps: list[bytes] = []
         pps: list[bytes] = []
         has_slice = has_idr = is_b = False
+        # the SimpleBlock's pieces are gathered in the same pass: head, then each NAL unit's 4-byte length and a view
+        mv = memoryview(data)
+        parts: list = [b""]
+        size = 4 * len(spans)
         for s, e in spans:
+            parts += ((e - s).to_bytes(4, "big"), mv[s:e])
+            size += e - s
             h = data[s]
             t = h & 0x1F
             if t == NAL_SLICE:
                 has_slice = True
-                try:
-                    is_b = is_b or h264.slice_type_at(data, s, e) == h264.SLICE_B
-                except H264Error as err:
-                    st.dropped_malformed += 1
-                    return [Notice("malformed", f"dropped a frame at {timestamp_ms} ms with a broken slice "
-                                                f"header: {err}")]
+                if not is_b:
+                    # the first slice of a picture: slice_type from one byte (h264._SLICE_TYPE_BY_BYTE)
+                    sty = _SLICE_TYPE_BY_BYTE[data[s + 1]] if e - s > 1 else -1
+                    if sty < 0:
+                        try:
+                            sty = slice_type_at(data, s, e)
+                        except H264Error as err:
+                            st.dropped_malformed += 1
+                            return [Notice("malformed", f"dropped a frame at {timestamp_ms} ms with a broken slice "
+                                                        f"header: {err}")]
+                    is_b = sty == SLICE_B
             elif t == NAL_IDR:
                 has_slice = has_idr = True
             elif t == NAL_SPS:
                 sps.append(data[s:e])
             elif t == NAL_PPS:
                 pps.append(data[s:e])
-            if h & 0x80 or t == 0:
+            if h & 0x80 or not t:
                 st.dropped_malformed += 1
                 return [Notice("malformed", f"dropped a frame at {timestamp_ms} ms with an invalid NAL unit header "
                                             f"{h:#04x}")]
@@ -261,22 +274,14 @@ class Fragmenter:
                 return ev
 
         # SimpleBlock with the AVCC payload (4-byte lengths), joined from views of `data`: one copy
-        mv = memoryview(data)
-        parts: list = [b""]
-        size = 0
-        for n in prefix:
-            parts += (len(n).to_bytes(4, "big"), n)
-            size += 4 + len(n)
-        for s, e in spans:
-            parts += ((e - s).to_bytes(4, "big"), mv[s:e])
-            size += 4 + e - s
-        parts[0] = mkv.simple_block_head(timestamp_ms - self._frag_first, key, size)
-        block = b"".join(parts)
-        self._frag_last = timestamp_ms
+        if prefix:  # parameter sets that came on their own go first
+            parts[1:1] = [x for n in prefix for x in (len(n).to_bytes(4, "big"), n)]
+            size += sum(4 + len(n) for n in prefix)
+        parts[0] = simple_block_head(timestamp_ms - self._frag_first, key, size)
+        self._frag_last = self._last_ms = timestamp_ms
         self._frag_frames += 1
-        self._last_ms = timestamp_ms
         st.frames_written += 1
-        ev.append(FrameWritten(timestamp_ms, key, block))
+        ev.append(FrameWritten(timestamp_ms, key, b"".join(parts)))
         return ev
 
     def set_audio(self, audio: AudioTrack | None) -> None:

@@ -7,8 +7,9 @@ and ISO/IEC 14496-15 5.3.3.1 (AVCDecoderConfigurationRecord).
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterable, Iterator
 
 NAL_SLICE = 1
 NAL_IDR = 5
@@ -32,10 +33,46 @@ class H264Error(ValueError):
 # ---------------------------------------------------------------- Annex B
 
 
-# The scan for start codes is the muxer's main cost (every byte of the video passes through it once). Measured on a
-# 60 s 1080p 8 Mbit/s stream (Python 3.11): the regex engine's literal search takes ~22 ms, bytes.find ~37 ms, so the
-# scan is one re.finditer per access unit: C-level, a match object per NAL unit, no per-byte Python work.
+# The scan for start codes is the muxer's main cost: every byte of the video passes through it once. Measured on 60 s of
+# 1080p30 at 8 Mbit/s (Python 3.11, x86-64): one re.finditer per access unit ~19 ms (the regex engine's literal search,
+# a byte-at-a-time C loop), bytes.find ~35 ms, bytes.count of one byte ~19 ms: none of CPython's bytes operations finds
+# a 3-byte pattern faster. numpy compares 16-bit words in SIMD: ~7-9 ms, but importing it costs ~15 MB of RSS, so it is
+# used only when the process has already imported numpy (picamera2 does, and so do the motion detector and the
+# test-pattern source), never imported for this. Both give the same offsets (tests/test_fragmenter_bytes.py).
 _START_CODE = re.compile(b"\x00\x00\x01")
+_match_start = re.Match.start
+_NUMPY_SCAN_MIN = 8192  # below this many bytes numpy's per-call overhead costs more than the regex scan
+
+
+def start_codes(data: bytes) -> Iterable[int]:
+    """Offsets of every 00 00 01 in `data`, in order (they cannot overlap: the third byte of one is 01, not 00)."""
+    np = sys.modules.get("numpy") if len(data) >= _NUMPY_SCAN_MIN else None
+    if np is None:
+        return map(_match_start, _START_CODE.finditer(data))
+    return _start_codes_numpy(np, data)
+
+
+def _start_codes_numpy(np, data: bytes) -> list[int]:
+    """start_codes() with numpy: the bytes as little-endian 16-bit words at even offsets; a word whose low byte is 00
+    and high byte 00 or 01 (word & 0xFEFF == 0) marks every start code: one at an even offset p begins with the word
+    00 00 at p, one at an odd offset p has the word 00 01 at p + 1. Each marked word is then checked in Python (a
+    few per access unit: pairs of zero bytes are rare in H.264, emulation prevention puts 03 after them)."""
+    words = np.frombuffer(data, "<u2", len(data) >> 1)
+    mask, zero = np.uint16(0xFEFF), np.uint16(0)  # numpy scalars: no conversion of Python ints in the ufuncs
+    marks = ((words & mask) == zero).tobytes()  # one byte per word: 1 where marked
+    find = marks.find
+    n = len(data)
+    out: list[int] = []
+    k = find(1)
+    while k >= 0:
+        p = k + k
+        if data[p + 1]:  # 00 01 at p: a start code at p - 1 when a 00 precedes
+            if p and not data[p - 1]:
+                out.append(p - 1)
+        elif p + 2 < n and data[p + 2] == 1:  # 00 00 at p, then 01
+            out.append(p)
+        k = find(1, k + 1)
+    return out
 
 
 def nal_spans(data: bytes) -> list[tuple[int, int]]:
@@ -49,8 +86,8 @@ def nal_spans(data: bytes) -> list[tuple[int, int]]:
     spans: list[tuple[int, int]] = []
     append = spans.append
     prev = -1
-    for m in _START_CODE.finditer(data):
-        e = m.start()
+    for e in start_codes(data):
+        nxt = e + 3
         if prev < 0:
             if e and data.count(0, 0, e) != e:
                 raise H264Error("data before the first Annex B start code")
@@ -59,7 +96,7 @@ def nal_spans(data: bytes) -> list[tuple[int, int]]:
                 e -= 1
             if e > prev:
                 append((prev, e))
-        prev = m.end()
+        prev = nxt
     if prev < 0:
         if data.count(0) != len(data):
             raise H264Error("no Annex B start code (00 00 01) found")
@@ -288,27 +325,47 @@ def slice_type(nal: bytes) -> int:
     return slice_type_at(nal, 0, len(nal))
 
 
+def _slice_type_from_first_byte(b: int) -> int:
+    """slice_type % 5 when the byte after a slice's NAL header decides it, else -1 (see _SLICE_TYPE_BY_BYTE)."""
+    if not b & 0x80:  # first_mb_in_slice != 0: its Exp-Golomb code runs past this byte
+        return -1
+    x = b & 0x7F  # the 7 bits after first_mb_in_slice = 0 (ue(v) code "1"), where slice_type's code starts
+    k = x.bit_length()
+    shift = 2 * k - 8  # bits of x after slice_type's code (7 - (2 * leading zeros + 1)), negative when cut short
+    if not k or shift < 0:
+        return -1
+    st = (x >> shift) - 1
+    return st % 5 if st <= 9 else -1  # an out-of-range value is left to slice_type_at, which raises
+
+
+# slice_type % 5 by the first byte after the NAL header, -1 where the byte does not decide it (first_mb_in_slice is not
+# 0, or slice_type's code continues into the next byte, or is out of range). The first slice of every picture has
+# first_mb_in_slice = 0, so the fragmenter's B-frame check is one table lookup for it. No emulation prevention byte
+# can be there: one needs two zero bytes before it, and the NAL header byte is never 0.
+_SLICE_TYPE_BY_BYTE = tuple(_slice_type_from_first_byte(b) for b in range(256))
+
+
 def slice_type_at(data: bytes, start: int, end: int) -> int:
     """slice_type % 5 of the slice NAL unit data[start:end] (with its header byte), without copying it."""
+    if end - start > 1:
+        st = _SLICE_TYPE_BY_BYTE[data[start + 1]]
+        if st >= 0:
+            return st
     head = data[start + 1:min(end, start + 9)]
     if len(head) == 8 and b"\x00\x00\x03" not in head:
-        # fast path: first_mb_in_slice and slice_type are the first two Exp-Golomb codes of the header
+        # first_mb_in_slice and slice_type are the first two Exp-Golomb codes of the header: read them from one
+        # 64-bit integer. A code with z leading zeros takes 2z + 1 bits.
         v = int.from_bytes(head, "big")
-        x = v
-        rem = 64
-        vals = []
-        for _ in range(2):
-            lz = rem - x.bit_length()
-            n = 2 * lz + 1
-            if x == 0 or n > rem:
-                break
-            vals.append((x >> (rem - n)) - 1)
-            rem -= n
-            x &= (1 << rem) - 1
-        if len(vals) == 2:
-            if vals[1] > 9:
-                raise H264Error(f"slice_type {vals[1]} out of range")
-            return vals[1] % 5
+        rem = 2 * v.bit_length() - 65  # bits after first_mb_in_slice's code
+        if rem > 0:
+            x = v & ((1 << rem) - 1)
+            k = x.bit_length()
+            shift = 2 * k - rem - 1  # bits after slice_type's code
+            if k and shift >= 0:
+                st = (x >> shift) - 1
+                if st > 9:
+                    raise H264Error(f"slice_type {st} out of range")
+                return st % 5
     b = _Bits(unescape_rbsp(data[start + 1:min(end, start + 24)]))
     try:
         b.ue()  # first_mb_in_slice

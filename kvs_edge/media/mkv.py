@@ -162,12 +162,19 @@ def simple_block(rel_timecode: int, key: bool, payload: bytes, track: int = 1) -
 
 
 def simple_block_head(rel_timecode: int, key: bool, payload_size: int, track: int = 1) -> bytes:
-    """The bytes of a SimpleBlock before its payload (so a caller can join the payload from pieces, copying once)."""
+    """The bytes of a SimpleBlock before its payload (so a caller can join the payload from pieces, copying once):
+    ID A3, the size (shortest vint), track vint, int16 timecode, flags. Built as one integer for the sizes of video
+    frames (the muxer calls this once per frame)."""
     if not INT16_MIN <= rel_timecode <= INT16_MAX:
         raise ValueError(f"block timecode {rel_timecode} ms outside the int16 range of a cluster")
     if not 1 <= track <= 126:
         raise ValueError("track number must be 1..126")
-    return (_SIMPLE_BLOCK_ID + encode_size(4 + payload_size) + bytes((0x80 | track,))
+    size = 4 + payload_size
+    w = 3 if 16383 <= size < 2097151 else 2 if 127 <= size < 16383 else 1 if 0 <= size < 127 else 0
+    if w:  # the shortest vint (encode_size's rule: an all-ones value means "unknown", so 127 takes two bytes)
+        return ((((0xA3 << 8 * w) | (1 << 7 * w) | size) << 32) | ((0x80 | track) << 24)
+                | ((rel_timecode & 0xFFFF) << 8) | (0x80 if key else 0)).to_bytes(w + 5, "big")
+    return (_SIMPLE_BLOCK_ID + encode_size(size) + bytes((0x80 | track,))
             + rel_timecode.to_bytes(2, "big", signed=True) + (b"\x80" if key else b"\x00"))
 
 

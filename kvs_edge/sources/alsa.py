@@ -14,6 +14,7 @@ paced in real time instead.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import deque
 from typing import Callable, Iterable
@@ -51,9 +52,27 @@ def no_device_message(device: str, devices: list[str]) -> str:
             f"sending video only")
 
 
+SYSTEM_ALSA_CONFIG = "/usr/share/alsa"  # Debian's libasound2-data (Raspberry Pi OS has it)
+
+
+def alsa_config_dir(environ, exists: Callable[[str], bool] = os.path.exists) -> str | None:
+    """The ALSA configuration folder to point PyAV's own libasound at, or None to leave the environment alone.
+
+    The PyAV wheel bundles its libasound, built to read its configuration from /tmp/vendor/share/alsa (the wheel
+    builder's folder), which exists on no machine: without it every device name ("default", "hw:1,0", "plughw:...")
+    is an "Unknown PCM" (found in the VM test bed with a real snd-aloop card). alsa-lib reads ALSA_CONFIG_DIR instead;
+    a setting of the user's (ALSA_CONFIG_DIR or ALSA_CONFIG_PATH) is kept."""
+    if environ.get("ALSA_CONFIG_DIR") or environ.get("ALSA_CONFIG_PATH"):
+        return None
+    return SYSTEM_ALSA_CONFIG if exists(f"{SYSTEM_ALSA_CONFIG}/alsa.conf") else None
+
+
 def open_alsa(device: str, sample_rate: int, channels: int) -> Iterable:
     import av
 
+    config_dir = alsa_config_dir(os.environ)
+    if config_dir:
+        os.environ["ALSA_CONFIG_DIR"] = config_dir  # read by libasound at its first open, in this process
     container = av.open(device, format="alsa", options={"sample_rate": str(sample_rate), "channels": str(channels)})
     try:
         for frame in container.decode(audio=0):

@@ -16,10 +16,29 @@ FLASH_LUMA = 200
 BEEP_THRESHOLD = 0.4
 
 
-def flashes_and_beeps(data: bytes) -> tuple[list[float], list[float]]:
-    flashes: list[float] = []
+def beep_onsets(chunks) -> list[float]:
+    """Beep onsets (ms) in decoded sound: chunks of (start ms, one channel's samples as floats, sample rate) in time
+    order. An onset is the first sample above BEEP_THRESHOLD over 200 ms after the last one (beeps are 40 ms long,
+    a second apart)."""
     beeps: list[float] = []
     last_loud = -1e9
+    for t_ms, x, rate in chunks:
+        for i in np.nonzero(np.abs(x) > BEEP_THRESHOLD)[0]:
+            ms = t_ms + i * 1000.0 / rate
+            if ms - last_loud > 200:
+                beeps.append(ms)
+            last_loud = ms
+    return beeps
+
+
+def first_channel(f) -> np.ndarray:
+    """The first channel of a decoded PyAV AudioFrame (planar or packed) as floats."""
+    return f.to_ndarray().reshape(f.layout.nb_channels if f.format.is_planar else 1, -1)[0]
+
+
+def flashes_and_beeps(data: bytes) -> tuple[list[float], list[float]]:
+    flashes: list[float] = []
+    sound = []
     with av.open(io.BytesIO(data), format="matroska") as c:
         v, a = c.streams.video[0], c.streams.audio[0]
         for pkt in c.demux(v, a):
@@ -35,15 +54,10 @@ def flashes_and_beeps(data: bytes) -> tuple[list[float], list[float]]:
                     if f.to_ndarray(format="gray").mean() > FLASH_LUMA:
                         flashes.append(t_ms)
                 else:
-                    x = np.abs(f.to_ndarray().reshape(f.layout.nb_channels if f.format.is_planar else 1, -1)[0])
-                    for i in np.nonzero(x > BEEP_THRESHOLD)[0]:
-                        ms = t_ms + i * 1000.0 / f.sample_rate
-                        if ms - last_loud > 200:  # a new beep, not the same one (beeps are 40 ms, a second apart)
-                            beeps.append(ms)
-                        last_loud = ms
+                    sound.append((t_ms, first_channel(f), f.sample_rate))
     # a flash lasts one frame but the encoder may keep it bright for a second frame: keep each run's first
     runs = [t for i, t in enumerate(flashes) if i == 0 or t - flashes[i - 1] > 200]
-    return runs, beeps
+    return runs, beep_onsets(sorted(sound, key=lambda c: c[0]))
 
 
 def offsets_ms(data: bytes) -> list[float]:

@@ -108,3 +108,93 @@ def check_sequence(frames: list[tuple[int, int]], clip_len: int, frame_ms: float
         elif lost:
             rep.gaps.append(Gap(t1, t2, lost))
     return rep
+
+
+# ------------------------------------------------------------------------------------------------------------ sound
+@dataclass
+class AudioTrack:
+    codec: str = ""
+    config_bytes: int = 0                                 # CodecPrivate (the AudioSpecificConfig): 2 or 5 for AAC
+    chunks: list = field(default_factory=list)            # (start ms, first channel's samples, sample rate)
+
+
+def read_audio(files: list[Path]) -> AudioTrack | None:
+    """The sound track of the session files decoded with PyAV (FFmpeg's AAC decoder); None when there is none."""
+    import av
+
+    from support.av_sync import first_channel
+
+    track = None
+    for path in files:
+        with av.open(str(path)) as c:
+            if not c.streams.audio:
+                continue
+            st = c.streams.audio[0]
+            if track is None:
+                track = AudioTrack(st.codec_context.name, len(st.codec_context.extradata or b""))
+            for pkt in c.demux(st):
+                if pkt.size == 0 or pkt.pts is None:
+                    continue
+                t_ms = float(pkt.pts * st.time_base * 1000)
+                for f in pkt.decode():
+                    track.chunks.append((t_ms, first_channel(f), f.sample_rate))
+    if track is not None:
+        track.chunks.sort(key=lambda c: c[0])
+    return track
+
+
+@dataclass
+class AudioCoverage:
+    seconds: float           # the sound decoded (samples / rate)
+    first_ms: float
+    end_ms: float            # the end of the last chunk
+    gaps: list = field(default_factory=list)       # (at ms, ms missing) where a chunk starts after the last one ended
+    overlaps: int = 0                              # chunks starting before the last one ended (a re-anchor back)
+
+
+def audio_coverage(chunks: list[tuple[float, int, int]], tolerance_ms: float = 2.0) -> AudioCoverage:
+    """Pure: (start ms, samples, rate) of each decoded chunk in time order -> how much sound, over what span, where it
+    jumps. Block timestamps are whole milliseconds, hence the tolerance."""
+    if not chunks:
+        return AudioCoverage(0.0, 0.0, 0.0)
+    cov = AudioCoverage(sum(n / rate for _, n, rate in chunks), chunks[0][0], 0.0)
+    end = None
+    for t, n, rate in chunks:
+        if end is not None and t - end > tolerance_ms:
+            cov.gaps.append((end, t - end))
+        elif end is not None and end - t > tolerance_ms:
+            cov.overlaps += 1
+        end = t + n * 1000.0 / rate
+    cov.end_ms = end
+    return cov
+
+
+def beep_offsets(beeps_ms: list[float], frames: list[tuple[int, int]], clip_len: int, fps: int) -> list[float]:
+    """Pure: each beep (the VM's sound beeps at every wall-clock second, guest/player.py) minus the timestamp of the
+    clip frame the camera showed at that second (frame (second * fps) mod the clip's length, guest/feeder.py), both
+    as stored: how far the archive puts the sound from the picture of the same moment (positive: the sound later).
+    Beeps with no such frame within 500 ms are left out."""
+    by_index: dict[int, list[int]] = {}
+    for ts, idx in frames:
+        by_index.setdefault(idx, []).append(ts)
+    out = []
+    for b in beeps_ms:
+        second = round(b / 1000)
+        stamps = by_index.get((second * fps) % clip_len, [])
+        if stamps:
+            ts = min(stamps, key=lambda t: abs(t - b))
+            if abs(ts - b) < 500:
+                out.append(b - ts)
+    return out
+
+
+def frame_lateness(frames: list[tuple[int, int]], clip_len: int, fps: int) -> list[float]:
+    """Pure: how long after the feeder wrote it (clip frame i at the moments t with floor(t * fps) = i mod the clip's
+    length, guest/feeder.py) each stored frame is stamped, in ms: the camera path's capture latency as stamped."""
+    out = []
+    for ts, idx in frames:
+        if idx < 0:
+            continue
+        tick = idx + clip_len * round((ts * fps / 1000 - idx) / clip_len)
+        out.append(ts - tick * 1000 / fps)
+    return out

@@ -24,12 +24,15 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))  # support.av_sync: the beep onsets
 
-from archive import check_sequence, read_frames  # noqa: E402
+from archive import (audio_coverage, beep_offsets, check_sequence, frame_lateness, read_audio,  # noqa: E402
+                     read_frames)
 from clip import make_clip  # noqa: E402
 from qemu import GUEST_EMULATOR_IP, Vm, VmError  # noqa: E402
 
 from kvs_edge.emulator import DEFAULT_ACCESS_KEY_ID, DEFAULT_SECRET_ACCESS_KEY, Emulator  # noqa: E402
+from support.av_sync import beep_onsets  # noqa: E402
 
 FPS = 15
 FRAME_MS = 1000 / FPS
@@ -50,29 +53,51 @@ def need(cond, message):
         raise Failed(message)
 
 
-def config_yaml(stream: str, port: int, *, device: str = "/dev/video10", extra: str = "") -> str:
+def config_yaml(stream: str | None, port: int, *, device: str = "/dev/video10", extra: str = "",
+                sources: str | None = None) -> str:
+    """The service's configuration: one camera (`stream`, `device`), or `sources`: a `cameras:` list (cameras_yaml)."""
+    one = f"  name: {stream}\n" if stream else ""
     return f"""# written by tests/vm/run.py
 stream:
-  name: {stream}
-  create: true
+{one}  create: true
   fragment_seconds: {FRAGMENT_S}
 aws:
   credentials: static
   access_key_id: {DEFAULT_ACCESS_KEY_ID}
   secret_access_key: {DEFAULT_SECRET_ACCESS_KEY}
   endpoint_url: http://{GUEST_EMULATOR_IP}:{port}
-source:
-  type: v4l2
-  uri: {device}
-  width: 320
-  height: 240
-  fps: {FPS}
+{sources or "source:" + chr(10) + v4l2_yaml(device, 2)}
 buffer:
   max_bytes: 64MiB
   sync_seconds: {SYNC_S}
 time:
   require_sync: false
 {extra}"""
+
+
+def v4l2_yaml(device: str, indent: int) -> str:
+    pad = " " * indent
+    return "\n".join(pad + line for line in (f"type: v4l2", f"uri: {device}", "width: 320", "height: 240",
+                                              f"fps: {FPS}"))
+
+
+AUDIO_RATE = 16000  # the cameras scenario's sound: low cost for the TCG guest (guest/player.py plays at this rate)
+SOUND_CAPTURE = "plughw:CARD=Loopback,DEV=1"  # snd-aloop: what is played into device 0 is captured on device 1
+
+
+def cameras_yaml(port: int, streams: tuple[str, str]) -> str:
+    """Two v4l2loopback cameras (/dev/video10 and /dev/video11), each its own stream; camera a with the loopback's
+    sound as its microphone."""
+    return config_yaml(None, port, sources=f"""cameras:
+  - name: a
+    stream: {{name: {streams[0]}}}
+    source:
+{v4l2_yaml("/dev/video10", 6)}
+      audio: {{device: "{SOUND_CAPTURE}", sample_rate: {AUDIO_RATE}, channels: 1, bitrate: 32k}}
+  - name: b
+    stream: {{name: {streams[1]}}}
+    source:
+{v4l2_yaml("/dev/video11", 6)}""")
 
 
 class Bed:
@@ -122,6 +147,17 @@ def say(msg: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------- guest
+def save_journal(vm: Vm) -> None:
+    """The guest's journal of this boot into the work folder (for a failed scenario; the VM is still up)."""
+    if vm.proc is None or vm.proc.poll() is not None:
+        return
+    try:
+        _, out, _ = vm.sh("journalctl -b --no-pager -o short-monotonic", timeout=120)
+        (vm.work / f"{vm.name}.journal.log").write_text(out)
+    except (OSError, TimeoutError, VmError):
+        pass
+
+
 def unit_props(vm: Vm, *props: str) -> dict[str, str]:
     out = vm.check(f"systemctl show {UNIT} -p {','.join(props)}")
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
@@ -209,13 +245,16 @@ def stream_figures(bed: Bed, stream: str, since_ms: float = 0):
     return frames, rep
 
 
-def delivered(bed: Bed, vm: Vm, stream: str) -> str:
+def delivered(bed: Bed, vm: Vm, stream: str, camera: str | None = None) -> str:
     """Every frame the running service captured is stored. Frames the camera made that the service never captured
     (v4l2loopback overwrites its oldest buffers when the reader lags, as a camera driver drops frames: here when the
-    loaded TCG guest stalls for over half a second) show as clip gaps and are reported apart. Returns the figure."""
+    loaded TCG guest stalls for over half a second) show as clip gaps and are reported apart. Returns the figure.
+    With several cameras, `camera` names the one (never restarted since the service started) whose frames count."""
     rc, st = status(vm)
     need("camera" in st, f"no status from the service: {st}")
     captured, refused = st["camera"]["frames"], st["frames_dropped"]
+    if camera is not None:
+        captured, refused = camera_entry(st, camera)["frames"], camera_entry(st, camera)["frames_dropped"]
     since_ms, until_ms = st["started_at"] * 1000, st["updated_at"] * 1000
     time.sleep(3 * FRAGMENT_S + 2)  # until everything captured by then is PERSISTED (the link is up)
     stored = len({ts for ts, _ in bed.frames(stream) if since_ms <= ts <= until_ms})
@@ -223,6 +262,17 @@ def delivered(bed: Bed, vm: Vm, stream: str) -> str:
     need(abs(missing) <= 3, f"{stream}: the service captured {captured} frames ({refused} refused) since it started "
          f"but {stored} are stored: {missing} missing")
     return f"of the {captured} frames the service captured ({refused} refused) {stored} are stored"
+
+
+def camera_entry(st: dict, name: str) -> dict:
+    entry = [c for c in st.get("cameras") or [] if c.get("name") == name]
+    need(entry, f"kvs-edge status names no camera {name}: {st.get('cameras')}")
+    return entry[0]
+
+
+def spread(values: list[float]) -> str:
+    v = sorted(values)
+    return f"{len(v)}: median {v[len(v) // 2]:+.0f}, min {v[0]:+.0f}, max {v[-1]:+.0f}"
 
 
 def capture_gaps(gaps) -> str:
@@ -452,8 +502,123 @@ def s6_reload(bed: Bed, fig: dict) -> None:
     vm2.stop()
 
 
+def s7_cameras(bed: Bed, fig: dict) -> None:
+    """Two cameras (two v4l2loopback devices, two feeders), camera a with sound from the kernel's snd-aloop card:
+    two streams complete and in order, an AAC track covering the video; camera b's feeder frozen: the service is not
+    restarted, status names camera b, camera a streams on; camera b recovers."""
+    streams = ("vm-cam-a", "vm-cam-b")
+    env = bed.share / "setup.env"  # read by guest/setup.sh at boot: two video devices and the sound
+    env.write_text('VIDEO_NRS="10 11"\nSOUND=1\n')
+    try:
+        vm = bed.boot("s7", boot_files={"kvs-edge.yaml": cameras_yaml(bed.emulator.port, streams)})
+    finally:
+        env.unlink()
+    p = wait_active(vm)
+    need(p["NRestarts"] == "0", f"{UNIT} needed {p['NRestarts']} restarts to reach READY: {journal(vm)[-800:]}")
+
+    def all_ok(r):
+        rc, st = r
+        cams = st.get("cameras") or []
+        return rc == 0 and len(cams) == 2 and all(c["state"] == "ok" for c in cams) and cams[0].get("audio") == "ok"
+    t = time.time()
+    wait_until("both cameras ok with sound", lambda: all_ok(status(vm)), 120, vm=vm)
+    fig["READY -> both cameras ok, sound ok (s)"] = round(time.time() - t, 1)
+    say("s7: streaming 30 s")
+    time.sleep(30)
+    rc, st = status(vm)
+    need(rc == 0, f"kvs-edge status is unhealthy while both cameras stream: {st.get('reasons') or st}")
+    fig["status"] = "healthy; " + "; ".join(
+        f"{c['name']}: {c['state']}, {c['frames']} frames, audio {c.get('audio')}" for c in st["cameras"]) + \
+        f"; audio {st['audio']}"
+    for name, stream in zip("ab", streams):
+        frames, rep = stream_figures(bed, stream)
+        fig[f"{stream}: first frame stored after the service started (s)"] = \
+            round(min(ts for ts, _ in frames) / 1000 - st["started_at"], 1)
+        need(rep.frames >= 20 * FPS, f"{stream}: only {rep.frames} frames stored after 30 s of streaming")
+        fig[f"{stream}: frames stored, in order"] = f"{rep.frames}; {delivered(bed, vm, stream, name)}"
+        fig[f"{stream}: camera frames the service never captured"] = capture_gaps(rep.gaps)
+        arrival_order_ok(bed, stream)
+    # camera a's sound: AAC with a 2- or 5-byte AudioSpecificConfig, decoded by FFmpeg, over the video's time span
+    files = bed.emulator.archive_files(streams[0])
+    track = read_audio(files)
+    need(track is not None, f"{streams[0]}: no audio track in the archive")
+    need(track.codec == "aac" and track.config_bytes in (2, 5),
+         f"{streams[0]}: audio is {track.codec} with a {track.config_bytes}-byte CodecPrivate, not AAC with 2 or 5")
+    cov = audio_coverage([(t_ms, len(x), rate) for t_ms, x, rate in track.chunks])
+    video = [ts for ts, _ in bed.frames(streams[0])]
+    v0, v1 = min(video), max(video) + FRAME_MS
+    fig["camera a: sound vs video (s)"] = (
+        f"audio {cov.seconds:.1f} s decoded over {(cov.end_ms - cov.first_ms) / 1000:.1f} s, video "
+        f"{(v1 - v0) / 1000:.1f} s; audio starts {(cov.first_ms - v0) / 1000:+.2f} s, "
+        f"ends {(cov.end_ms - v1) / 1000:+.2f} s from the video; {len(cov.gaps)} audio gaps "
+        f"({sum(g for _, g in cov.gaps):.0f} ms), {cov.overlaps} overlaps")
+    need(cov.first_ms - v0 < 5000 and v1 - cov.end_ms < 5000 and cov.seconds > 0.9 * (v1 - v0) / 1000,
+         f"{streams[0]}: the sound ({cov.seconds:.1f} s from {cov.first_ms:.0f} to {cov.end_ms:.0f} ms) does not cover "
+         f"the video ({v0:.0f} to {v1:.0f} ms)")
+    log = journal(vm)
+    fig["audio lines in the journal"] = " / ".join(
+        l[:120] for l in log.splitlines() if "audio" in l.lower() or "xrun" in l.lower())[:400] or "none"
+    _, hw, _ = vm.sh("cat /proc/asound/Loopback/pcm1c/sub0/hw_params")
+    hwp = dict(l.split(": ", 1) for l in hw.splitlines() if ": " in l)
+    fig["capture side (hw_params)"] = ", ".join(f"{k} {hwp.get(k)}" for k in ("rate", "period_size", "buffer_size"))
+    _, player, _ = vm.sh("journalctl -u vmtest-sound --no-pager -o cat | tail -n 5")
+    fig["player (guest/player.py)"] = " / ".join(player.strip().splitlines())[:300]
+    beeps = beep_onsets(track.chunks)
+    offsets = beep_offsets(beeps, bed.frames(streams[0]), bed.clip_len, FPS)
+    fig["beep - clip frame of the same second, in the archive (ms)"] = spread(offsets) if offsets else \
+        "no beep paired with a frame"
+    fig["stamped after played/written (ms): sound (beep - its second), picture (frame - its moment)"] = \
+        f"sound {spread([b - round(b / 1000) * 1000 for b in beeps])}; " \
+        f"picture {spread(frame_lateness(bed.frames(streams[0]), bed.clip_len, FPS))}"
+
+    # isolation: camera b's feeder frozen (its device stays, frames stop)
+    p0 = unit_props(vm, "NRestarts", "MainPID")
+    _, st0 = status(vm)
+    failures_a = camera_entry(st0, "a")["failures"]
+    off = guest_clock_offset(vm)
+    t_stop = time.time()
+    vm.check("systemctl kill -s SIGSTOP vmtest-feeder-11")
+    st = wait_until("kvs-edge status names camera b failing",
+                    lambda: (lambda r: r[1] if camera_entry(r[1], "b")["state"] not in ("ok", "starting") else None)(
+                        status(vm)), 120, every=1, vm=vm)
+    fig["camera b stalled -> status names it (s)"] = round(time.time() - t_stop, 1)
+    rc, st = status(vm)
+    b = camera_entry(st, "b")
+    fig["status with camera b stalled"] = f"exit {rc}; b: {b['state']} ({b['last_error']}); reasons: " + \
+        " | ".join(r[:100] for r in st.get("reasons") or [])
+    time.sleep(max(0.0, 25 - (time.time() - t_stop)))
+    p1 = unit_props(vm, "NRestarts", "MainPID", "ActiveState")
+    need(p1["ActiveState"] == "active" and p1["NRestarts"] == p0["NRestarts"] and p1["MainPID"] == p0["MainPID"],
+         f"camera b stalling restarted the service (camera a was healthy): {p0} -> {p1}")
+    _, st = status(vm)
+    need(camera_entry(st, "a")["state"] == "ok" and camera_entry(st, "a")["failures"] == failures_a,
+         f"camera a was disturbed by camera b's stall: {camera_entry(st, 'a')}")
+    fig["camera b frozen 25 s"] = f"service active, NRestarts {p1['NRestarts']}, same pid; camera b failures " \
+                                  f"{camera_entry(st, 'b')['failures']}"
+    t_cont = time.time()
+    vm.check("systemctl kill -s SIGCONT vmtest-feeder-11")
+    wait_until("camera b streaming again", lambda: all_ok(status(vm)), 180, every=1, vm=vm)
+    fig["camera b back -> status ok (s)"] = round(time.time() - t_cont, 1)
+    time.sleep(3 * FRAGMENT_S + 4)
+    stop_ms, cont_ms = (t_stop + off) * 1000, (t_cont + off) * 1000
+    _, rep_a = stream_figures(bed, streams[0])
+    during = rep_a.gaps_between(stop_ms, cont_ms)
+    fig["camera a while b was frozen"] = capture_gaps(during)
+    need(all(g.seconds < 1.0 for g in during),
+         f"{streams[0]}: camera a lost video while camera b was frozen: {during}")
+    frames_b, _ = stream_figures(bed, streams[1])
+    after = [ts for ts, _ in frames_b if ts >= cont_ms]
+    need(after, f"{streams[1]}: nothing stored after camera b's feeder went on")
+    fig["camera b back -> first frame stored (s; includes the feeder's wait for a key frame, up to 2 s)"] = \
+        round((min(after) - cont_ms) / 1000, 1)
+    p2 = unit_props(vm, "NRestarts", "MainPID")
+    need(p2 == {k: p0[k] for k in p2}, f"the service restarted during the scenario: {p0} -> {p2}")
+    save_journal(vm)  # kept with --keep: the two cameras' and the sound's lines
+    vm.stop()
+
+
 SCENARIOS = {"boot": s1_boot, "watchdog": s2_watchdog, "link-loss": s3_link_loss, "power-cut": s4_power_cut,
-             "stall": s5_stall, "reload": s6_reload}
+             "stall": s5_stall, "reload": s6_reload, "cameras": s7_cameras}
 
 
 def main(argv=None) -> int:
@@ -477,6 +642,7 @@ def main(argv=None) -> int:
     try:
         for name in args.only or SCENARIOS:
             fig: dict = {}
+            ok = False
             say(f"--- {name}: {SCENARIOS[name].__doc__.strip()}")
             t = time.time()
             try:
@@ -489,6 +655,8 @@ def main(argv=None) -> int:
                 traceback.print_exc()
             finally:
                 for vm in bed.vms:
+                    if not ok:
+                        save_journal(vm)
                     vm.stop()
             for k, v in fig.items():
                 say(f"    {k}: {v}")

@@ -1,13 +1,18 @@
 #!/bin/bash
-# Start the camera feeder as a transient unit and wait until it writes frames into /dev/video10.
+# Start the camera feeder of /dev/videoN (N: the first argument, 10 by default) as a transient unit (vmtest-feeder for
+# /dev/video10, vmtest-feeder-N for the others) and wait until it writes frames.
 set -euo pipefail
-rm -f /run/vmtest-feeder.ready
-systemd-run --quiet --unit=vmtest-feeder --collect -p Type=exec \
-    /usr/bin/python3 /mnt/host/guest/feeder.py /dev/video10 /mnt/host/clip.au /run/vmtest-feeder.ready
+n=${1:-10}
+unit=vmtest-feeder
+[ "$n" = 10 ] || unit=vmtest-feeder-$n
+ready=/run/$unit.ready
+rm -f "$ready"
+systemd-run --quiet --unit="$unit" --collect -p Type=exec \
+    /usr/bin/python3 /mnt/host/guest/feeder.py "/dev/video$n" /mnt/host/clip.au "$ready"
 for _ in $(seq 1 300); do
-    [ -e /run/vmtest-feeder.ready ] && exit 0
-    systemctl -q is-active vmtest-feeder || { journalctl -u vmtest-feeder --no-pager | tail -n 20 >&2; exit 1; }
+    [ -e "$ready" ] && exit 0
+    systemctl -q is-active "$unit" || { journalctl -u "$unit" --no-pager | tail -n 20 >&2; exit 1; }
     sleep 0.5
 done
-echo "the feeder wrote no frame in 150 s" >&2
+echo "the feeder of /dev/video$n wrote no frame in 150 s" >&2
 exit 1
