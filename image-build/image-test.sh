@@ -217,6 +217,13 @@ got=$(in_tree kvs-edge --version)
 arch=$(in_tree /opt/kvs-edge/venv/bin/python -c 'import platform, av; print(platform.machine(), av.__version__)')
 say "ok: kvs-edge --version: $got (the venv's Python: $arch)"
 
+# source.audio: the wheel's own libasound must find the image's ALSA configuration, or no device name opens ("Unknown
+# PCM"); ALSA's "null" device needs no sound card, only that configuration.
+in_tree /opt/kvs-edge/venv/bin/python -c \
+    "from kvs_edge.sources.alsa import open_alsa; next(iter(open_alsa('null', 16000, 1)))" >"$WORK/out" 2>"$WORK/err" ||
+    { cat "$WORK/err" >&2; die "the installed kvs-edge cannot open ALSA's null device: is libasound2-data missing?"; }
+say "ok: ALSA: the installed kvs-edge's libasound opens the image's 'null' device (/usr/share/alsa read)"
+
 rc=0
 in_tree kvs-edge check-config /etc/kvs-edge/config.yaml >"$WORK/out" 2>"$WORK/err" || rc=$?
 [ "$rc" = 0 ] || { cat "$WORK/err" >&2; die "check-config on the shipped example exited $rc, expected 0"; }
